@@ -1,0 +1,43 @@
+# Common tasks. `make help` lists them. Everything runs inside .venv, which `make install` builds.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The torch build to install first. 2.13.0 is a small CPU wheel on CPU-only machines set up like ours,
+# and PyPI's CUDA build on a GPU box; override e.g. `make install TORCH="torch==2.13.0 --index-url URL"`.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: help install test lint format train clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install cgnet with its dev tools (CPU torch unless told otherwise)
+
+test: $(STAMP) ## Run the test suite (CPU only, a few minutes)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: $(STAMP) ## ruff fix + format
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+train: $(STAMP) ## Train CGNet on the bundled synthetic street scenes (CPU, a few minutes); ARGS= adds overrides
+	$(PY) -m cgnet.train $(ARGS)
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
