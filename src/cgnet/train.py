@@ -1,7 +1,180 @@
+"""`python -m cgnet.train`: compose the config, validate it, build data + module + Trainer, fit.
+
+Checkpoints, logs and the preview picture land in Hydra's run directory (``hydra.run.dir=...`` moves it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
 import hydra
-from omegaconf import DictConfig
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from cgnet.config import ConfigError, check_arguments, check_target_node, plain
+from cgnet.models import CGNet
+from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
+from cgnet.visualize import panel, save_rgb
+
+log = logging.getLogger("cgnet.train")
+console = Console(stderr=True)
+
+# A short random id per process, so run folders of jobs started in the same second never collide.
+# Lightning's DDP launcher passes the resolved run dir to the other ranks, so they share rank 0's.
+OmegaConf.register_new_resolver(
+    "cgnet_uid", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every group checked against what it builds; raises ConfigError with the offending key."""
+    check_arguments(plain(cfg.model), CGNet, "model", skip=("num_classes",))
+    optimizer = dict(plain(cfg.optimizer))
+    name = optimizer.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name: expected one of {sorted(OPTIMIZERS)}, got {name!r}")
+    check_arguments(optimizer, OPTIMIZERS[name], "optimizer", skip=("params",))
+    check_arguments(plain(cfg.scheduler), SchedulerConfig, "scheduler")
+    check_arguments(plain(cfg.module), SegmentationModule, "module")
+    check_target_node(cfg.data, "data")
+    check_target_node(cfg.trainer, "trainer")
+    for group in ("callbacks", "logger"):
+        for key, node in (cfg.get(group) or {}).items():
+            check_target_node(node, f"{group}.{key}")
+    try:
+        CGNet(2, **plain(cfg.model))  # cheap: catches M=0, odd widths, bad switch values
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> SegmentationModule:
+    """The LightningModule from primitives: model/optimizer/scheduler groups + what the data says."""
+    weights = datamodule.class_weight_tensor()
+    info = datamodule.info
+    return SegmentationModule(
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+        model=plain(cfg.model),
+        class_weights=None if weights is None else [float(w) for w in weights],
+        ignore_index=datamodule.ignore_index,
+        mean=list(datamodule.mean),
+        std=list(datamodule.std),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.scheduler),
+        class_to_category=None if info.class_to_category is None else list(info.class_to_category),
+        **plain(cfg.module),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """Trainer with the configured callbacks and loggers (SyncBN only where it can run)."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+    trainer_cfg = plain(cfg.trainer)
+    if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
+        trainer_cfg["sync_batchnorm"] = (
+            False  # SyncBatchNorm runs on GPUs only; CPU DDP keeps local BN
+        )
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`last` means this run dir's checkpoints/last.ckpt; a given path must exist."""
+    if ckpt_path in (None, ""):
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        hint = (
+            " (resume a run with hydra.run.dir=<its run dir> ckpt_path=last)"
+            if ckpt_path == "last"
+            else ""
+        )
+        raise ConfigError(f"ckpt_path: no checkpoint at {path}{hint}")
+    return str(path)
+
+
+def save_preview(
+    module: SegmentationModule, datamodule: Any, path: Path, count: int = 4
+) -> Path | None:
+    """image | ground truth | prediction rows for the first validation images."""
+    rows: list[np.ndarray] = []
+    module.eval()
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            pred = module(batch["image"].to(module.device)).argmax(1).cpu().numpy()
+            for i in range(len(pred)):
+                image = batch["image"][i].permute(1, 2, 0).numpy()
+                rows.append(
+                    panel(image, batch["mask"][i].numpy(), pred[i], datamodule.info.palette)
+                )
+                if len(rows) == count:
+                    break
+            if len(rows) == count:
+                break
+    return save_rgb(path, np.concatenate(rows, axis=0)) if rows else None
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """One training job; returns its summary (also what a sweeper optimises: val/mIoU_best)."""
+    validate(cfg)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # before the Trainer, so DDP ranks started later find the data ready
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    summary: dict[str, Any] = {"output_dir": str(output_dir)}
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    if best_path:
+        summary["checkpoint"] = best_path
+        state = torch.load(best_path, map_location=module.device, weights_only=False)
+        module.load_state_dict(state["state_dict"])
+    summary["val/mIoU_best"] = float(module.best_miou)
+    if cfg.test and trainer.is_global_zero:
+        trainer.test(module, datamodule=datamodule)
+    if cfg.preview and trainer.is_global_zero and not trainer.fast_dev_run:
+        datamodule.setup("validate")
+        picture = save_preview(module, datamodule, output_dir / "preview.png")
+        summary["preview"] = str(picture) if picture else None
+    return summary
+
+
+def report(summary: dict[str, Any]) -> None:
+    """The lines a user looks for at the end of a run."""
+    console.print(f"[bold green]final val mIoU (best): {summary['val/mIoU_best']:.4f}[/]")
+    console.print(f"checkpoint: {summary.get('checkpoint') or '(none saved)'}")
+    if summary.get("preview"):
+        console.print(
+            f"prediction picture (image | ground truth | prediction): {summary['preview']}"
+        )
+    console.print(f"run directory: {summary['output_dir']}")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    print(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the best val mIoU so sweepers can optimise it."""
+    try:
+        summary = run(cfg)
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        sys.exit(2)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        report(summary)
+    return summary["val/mIoU_best"]
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,131 @@
+"""Config validation against the code's own signatures, before any heavy work starts.
+
+The schema of each config group is the type-hinted signature of the thing it builds (the ``_target_``
+class, ``CGNet`` for ``model``, the torch optimiser for ``optimizer``), so there is one source of truth:
+a typo'd key or a value of the wrong type becomes one clear line naming the key, instead of a
+traceback from deep inside a library after data loading has started.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import pathlib
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+_SEQUENCES = (
+    list,
+    tuple,
+    collections.abc.Sequence,
+    collections.abc.Iterable,
+    collections.abc.Collection,
+)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def matches(value: Any, annotation: Any) -> bool:
+    """Whether a plain YAML value fits a type annotation; unknown (non-YAML) types are let through."""
+    if annotation in (Any, inspect.Parameter.empty, object):
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation in (pathlib.Path, pathlib.PurePath):
+        return isinstance(value, str)
+    if origin in _SEQUENCES or annotation in _SEQUENCES:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],)
+        if origin is tuple and args and len(args) != 1:
+            return len(value) == len(args) and all(map(matches, value, args))
+        return not args or all(matches(v, args[0]) for v in value)
+    if origin in _MAPPINGS or annotation in _MAPPINGS:
+        return isinstance(value, dict)
+    return True  # a class YAML cannot express (Accelerator, timedelta, ...): the library will judge
+
+
+def describe(annotation: Any) -> str:
+    """Readable form of an annotation for error messages."""
+    text = str(annotation).replace("typing.", "").replace("NoneType", "None")
+    return getattr(annotation, "__name__", text) if isinstance(annotation, type) else text
+
+
+def check_arguments(
+    values: Mapping[str, Any],
+    signature_of: Callable[..., Any],
+    where: str,
+    *,
+    skip: Iterable[str] = (),
+) -> None:
+    """Check keys and value types of ``values`` against the type-hinted signature of ``signature_of``."""
+    target = signature_of.__init__ if inspect.isclass(signature_of) else signature_of
+    params = dict(inspect.signature(target).parameters)
+    params.pop("self", None)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to key checks only
+        hints = {}
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    name = getattr(signature_of, "__qualname__", str(signature_of))
+    for key, value in values.items():
+        if key.startswith("_") or key in skip:
+            continue
+        if key not in params:
+            if open_kwargs:
+                continue
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean '{where}.{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}.{key}: unknown key for {name}{hint} (known keys: {', '.join(accepted)})"
+            )
+        annotation = hints.get(key, params[key].annotation)
+        if not matches(value, annotation):
+            raise ConfigError(
+                f"{where}.{key}: expected {describe(annotation)}, got {type(value).__name__} {value!r}"
+            )
+
+
+def check_target_node(node: DictConfig | Mapping[str, Any], where: str) -> None:
+    """Validate a ``_target_`` node (data module, trainer, callback, logger) against its class."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    assert isinstance(values, dict)
+    target = values.get("_target_")
+    if not isinstance(target, str):
+        raise ConfigError(f"{where}: missing '_target_' (the class this config builds)")
+    try:
+        cls = get_class(target)
+    except Exception as err:
+        raise ConfigError(f"{where}._target_: cannot import {target!r} ({err})") from None
+    check_arguments(values, cls, where)
+
+
+def plain(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (None stays None)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -1,0 +1,195 @@
+"""The LightningModule: CGNet + weighted cross-entropy + the paper's optimiser and poly schedule.
+
+It takes only primitive arguments and builds the network itself (as torchgeo's tasks do), so
+``SegmentationModule.load_from_checkpoint(path)`` works in any script or notebook without Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
+from cgnet.models import CGNet
+
+OFFICIAL_MEAN = (72.39, 82.91, 73.16)
+OFFICIAL_STD = (1.0, 1.0, 1.0)
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The lr schedule: ``poly`` (per iteration, the paper's) or ``none`` (constant lr)."""
+
+    name: Literal["poly", "none"] = "poly"
+    power: float = 0.9
+    min_lr: float = 0.0
+
+
+def poly_factor(step: int, total: int, power: float, base_lr: float, min_lr: float) -> float:
+    """Multiplier of the base lr after ``step`` of ``total`` iterations: (1 - t/T)^power down to min_lr."""
+    progress = min(step, total) / max(total, 1)
+    return ((base_lr - min_lr) * (1.0 - progress) ** power + min_lr) / base_lr
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains and evaluates CGNet on dense labels (trainIds, ``ignore_index`` skipped).
+
+    Args:
+        num_classes: classes of the dataset (the classifier's outputs).
+        class_names: names for logged per-class IoU (``val/iou/<name>``).
+        model: keyword arguments of :class:`cgnet.models.CGNet` (M, N and the ablation switches).
+        class_weights: cross-entropy weights per class, or None for unweighted.
+        ignore_index: label value that is neither trained on nor scored.
+        mean, std: per-channel normalisation of the raw 0..255 RGB batches, applied on the device.
+        optimizer: ``name`` (adam | adamw | sgd) plus that torch optimiser's keyword arguments.
+        scheduler: ``name`` (poly | none) plus ``power`` and ``min_lr``; poly steps every iteration.
+        class_to_category: category index per class, to log Cityscapes' category mIoU.
+        channels_last: run the network in channels-last memory format.
+        compile: wrap the network's forward in ``torch.compile``.
+        on_nonfinite: what a NaN/inf loss does: ``raise`` stops training, ``skip`` drops the batch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        model: Mapping[str, Any] | None = None,
+        class_weights: Sequence[float] | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = OFFICIAL_MEAN,
+        std: Sequence[float] = OFFICIAL_STD,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        class_to_category: Sequence[int] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = CGNet(num_classes, **dict(model or {}))
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names for {num_classes} classes"
+            )
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(
+                f"class_weights has {len(class_weights)} values for {num_classes} classes"
+            )
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("best_miou", torch.tensor(float("nan")))
+        self.val_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
+        self.test_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
+        self._compiled: Any = None
+
+    # ----------------------------------------------------------------------------------- forward
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB [B, 3, H, W] -> the float input the authors' weights expect."""
+        x = (images.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C, H, W] for a uint8 (or already float) RGB batch."""
+        x = self.normalize(images)
+        if self.hparams.compile and self._compiled is None:
+            self._compiled = torch.compile(self.net)
+        return (self._compiled or self.net)(x)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # subnormal weights slow CPU kernels down by 10x+
+
+    # ----------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        if not torch.isfinite(loss):
+            ids = ", ".join(map(str, batch.get("id", [])[:8]))
+            message = (
+                f"non-finite training loss {loss.item()} at step {self.global_step} (batch: {ids})"
+            )
+            if self.hparams.on_nonfinite == "raise":
+                raise FloatingPointError(
+                    message + "; set model.on_nonfinite=skip to drop such batches"
+                )
+            self.print("skipping batch: " + message)
+            return None
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
+        )
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        self.val_confmat.update(logits, batch["mask"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_confmat.update(self(batch["image"]), batch["mask"])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"id": batch.get("id"), "pred": self(batch["image"]).argmax(1).to(torch.uint8)}
+
+    def on_validation_epoch_end(self) -> None:
+        miou = self._log_scores("val", self.val_confmat)
+        if math.isfinite(miou) and not (self.best_miou >= miou):
+            self.best_miou.fill_(miou)
+        self.log("val/mIoU_best", self.best_miou.item(), sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_confmat)
+
+    def _log_scores(self, stage: str, confmat: SegmentationConfusionMatrix) -> float:
+        scores = scores_from_confmat(confmat.compute(), self.hparams.class_to_category)
+        confmat.reset()
+        # Values are already reduced over ranks by torchmetrics; log them as plain floats.
+        self.log(f"{stage}/mIoU", scores.miou, prog_bar=True)
+        self.log(f"{stage}/pixel_accuracy", scores.pixel_accuracy)
+        if scores.miou_category is not None:
+            self.log(f"{stage}/mIoU_category", scores.miou_category)
+        for name, value in zip(self.class_names, scores.iou.tolist(), strict=True):
+            if math.isfinite(value):
+                self.log(f"{stage}/iou/{name}", value)
+        return scores.miou
+
+    # ----------------------------------------------------------------------------------- optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = dict(self.hparams.optimizer or {"name": "adam", "lr": 1e-3, "weight_decay": 5e-4})
+        name = opt_cfg.pop("name", "adam")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+        optimizer = OPTIMIZERS[name](self.net.parameters(), **opt_cfg)
+        sched = SchedulerConfig(**dict(self.hparams.scheduler or {}))
+        if sched.name == "none":
+            return {"optimizer": optimizer}
+        total = int(self.trainer.estimated_stepping_batches)
+        base_lr, power, min_lr = float(opt_cfg["lr"]), float(sched.power), float(sched.min_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_factor(step, total, power, base_lr, min_lr)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
