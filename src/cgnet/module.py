@@ -116,8 +116,6 @@ class SegmentationModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # subnormal weights slow CPU kernels down by 10x+
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

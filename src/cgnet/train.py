@@ -27,7 +27,7 @@ from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
 from cgnet.visualize import panel, save_rgb
 
 log = logging.getLogger("cgnet.train")
-console = Console(stderr=True)
+console = Console(soft_wrap=True)
 
 # A short random id per process, so run folders of jobs started in the same second never collide.
 # Lightning's DDP launcher passes the resolved run dir to the other ranks, so they share rank 0's.
@@ -50,7 +50,8 @@ def validate(cfg: DictConfig) -> None:
     check_target_node(cfg.trainer, "trainer")
     for group in ("callbacks", "logger"):
         for key, node in (cfg.get(group) or {}).items():
-            check_target_node(node, f"{group}.{key}")
+            if node is not None:  # `callbacks.rich_progress_bar=null` switches one off
+                check_target_node(node, f"{group}.{key}")
     try:
         CGNet(2, **plain(cfg.model))  # cheap: catches M=0, odd widths, bad switch values
     except ValueError as err:
@@ -78,8 +79,8 @@ def build_module(cfg: DictConfig, datamodule: Any) -> SegmentationModule:
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """Trainer with the configured callbacks and loggers (SyncBN only where it can run)."""
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     trainer_cfg = plain(cfg.trainer)
     if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
         trainer_cfg["sync_batchnorm"] = (
@@ -166,6 +167,9 @@ def report(summary: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the best val mIoU so sweepers can optimise it."""
+    # Flush subnormal floats before torch starts its CPU thread pool (threads inherit the flag): trained
+    # CGNet weights and Adam moments hold many, and they slow CPU kernels down 10-40x.
+    torch.set_flush_denormal(True)
     try:
         summary = run(cfg)
     except ConfigError as err:
