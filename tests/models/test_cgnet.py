@@ -72,7 +72,9 @@ def test_residual_variants(residual: str) -> None:
     block = CGBlock(8, dilation=2, reduction=2, residual=residual).eval()  # type: ignore[arg-type]
     x = torch.randn(1, 8, 6, 6)
     with torch.no_grad():
-        y_local = block.f_joi(torch.cat([block.f_loc(block.conv_in(x)), block.f_sur(block.conv_in(x))], 1))
+        y_local = block.f_joi(
+            torch.cat([block.f_loc(block.conv_in(x)), block.f_sur(block.conv_in(x))], 1)
+        )
         expected = {
             "global": block.f_glo(y_local) + x,
             "local": block.f_glo(y_local + x),
@@ -83,8 +85,16 @@ def test_residual_variants(residual: str) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"M": 0}, {"N": 0}, {"num_classes": 0}, {"residual": "both"}, {"activation": "gelu"},
-     {"dropout": 1.5}, {"widths": (32, 63, 128)}, {"init": "xavier"}],
+    [
+        {"M": 0},
+        {"N": 0},
+        {"num_classes": 0},
+        {"residual": "both"},
+        {"activation": "gelu"},
+        {"dropout": 1.5},
+        {"widths": (32, 63, 128)},
+        {"init": "xavier"},
+    ],
 )
 def test_bad_arguments_fail_clearly(kwargs: dict) -> None:
     args = {"num_classes": 19, **kwargs}

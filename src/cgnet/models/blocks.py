@@ -29,7 +29,9 @@ def make_activation(kind: Activation, channels: int) -> nn.Module:
 class BNAct(nn.Sequential):
     """BatchNorm + activation: the 'join' after each concatenation and the f_joi of a CG block."""
 
-    def __init__(self, channels: int, activation: Activation = "prelu", bn_eps: float = 1e-3) -> None:
+    def __init__(
+        self, channels: int, activation: Activation = "prelu", bn_eps: float = 1e-3
+    ) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(channels, eps=bn_eps)
         self.act = make_activation(activation, channels)
@@ -49,7 +51,12 @@ class ConvBNAct(nn.Sequential):
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2, bias=False
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding=(kernel_size - 1) // 2,
+            bias=False,
         )
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
         self.act = make_activation(activation, out_channels)
@@ -69,7 +76,9 @@ class FGlo(nn.Module):
         super().__init__()
         hidden = channels // reduction
         if hidden < 1:
-            raise ValueError(f"f_glo reduction {reduction} leaves no hidden units for {channels} channels")
+            raise ValueError(
+                f"f_glo reduction {reduction} leaves no hidden units for {channels} channels"
+            )
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden),
             nn.ReLU(inplace=True),

@@ -77,7 +77,9 @@ class CGNet(nn.Module):
             raise ValueError(f"CGNet: dropout must be in [0, 1), got {dropout!r}")
         w1, w2, w3 = (int(v) for v in widths)
         if w2 % 2 or w3 % 2:
-            raise ValueError(f"CGNet: stage widths must be even (CG blocks split them), got {widths!r}")
+            raise ValueError(
+                f"CGNet: stage widths must be even (CG blocks split them), got {widths!r}"
+            )
         d2, d3 = (int(v) for v in dilations)
         r2, r3 = (int(v) for v in reductions)
         inj = 3 if input_injection else 0
