@@ -1,0 +1,159 @@
+"""`python -m cgnet.predict ckpt_path=CKPT input=PATH|split=...`: label maps, colour pictures, submissions.
+
+Each format goes to its own folder under predictions/ (cityscapesscripts finds a prediction by globbing
+``city_seq_frame*.png``, so formats must not share a folder). Inputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import Progress
+
+from cgnet.config import ConfigError, plain
+from cgnet.data.labels import DatasetInfo, train_id_to_label_id_lut
+from cgnet.eval import build_data, build_predictor
+from cgnet.predictor import Predictor
+from cgnet.visualize import colorize
+
+console = Console(soft_wrap=True)
+
+FORMATS = ("trainids", "labelids", "color", "overlay")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+
+
+def image_id(path: Path) -> str:
+    """File stem, minus Cityscapes' _leftImg8bit, so outputs carry the benchmark's city_seq_frame id."""
+    stem = path.stem
+    return stem[: -len(CITYSCAPES_IMAGE_SUFFIX)] if stem.endswith(CITYSCAPES_IMAGE_SUFFIX) else stem
+
+
+def list_images(input_path: Path) -> list[Path]:
+    """One image, or every image under a folder (sorted, recursive)."""
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"input: no images ({', '.join(IMAGE_SUFFIXES)}) under {input_path}")
+        return files
+    raise ConfigError(f"input: {input_path} is neither an image file nor a folder")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ConfigError(f"input: cannot read image {path} (unreadable or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def file_batches(files: list[Path]) -> Iterator[tuple[list[str], np.ndarray]]:
+    for path in files:
+        yield [image_id(path)], read_rgb(path)[None]
+
+
+def split_batches(datamodule: Any) -> Iterator[tuple[list[str], np.ndarray]]:
+    for batch in datamodule.val_dataloader():
+        yield list(batch["id"]), batch["image"].permute(0, 2, 3, 1).numpy()
+
+
+class PredictionWriter:
+    """Writes each requested format of one prediction into predictions/<format>/."""
+
+    def __init__(
+        self, root: Path, formats: list[str], info: DatasetInfo, alpha: float, inputs: list[Path]
+    ) -> None:
+        unknown = sorted(set(formats) - set(FORMATS))
+        if unknown or not formats:
+            raise ConfigError(f"formats: expected some of {list(FORMATS)}, got {formats}")
+        self.root, self.formats, self.info, self.alpha = root, formats, info, alpha
+        self.to_label_id = train_id_to_label_id_lut(info)
+        self.written: dict[str, list[Path]] = {f: [] for f in formats}
+        resolved_inputs = {p.resolve() for p in inputs}
+        self._inputs = resolved_inputs
+        for fmt in formats:
+            (root / fmt).mkdir(parents=True, exist_ok=True)
+
+    def _write(self, fmt: str, name: str, array: np.ndarray) -> None:
+        path = self.root / fmt / name
+        if path.resolve() in self._inputs:
+            raise ConfigError(f"output_dir: writing {path} would overwrite an input image")
+        if array.ndim == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        if not cv2.imwrite(str(path), array):
+            raise OSError(f"could not write {path}")
+        self.written[fmt].append(path)
+
+    def __call__(self, sample_id: str, image: np.ndarray, pred: np.ndarray) -> None:
+        if "trainids" in self.formats:
+            self._write("trainids", f"{sample_id}_trainIds.png", pred)
+        if "labelids" in self.formats:
+            self._write("labelids", f"{sample_id}_labelIds.png", self.to_label_id[pred])
+        colour = colorize(pred, self.info.palette, self.info.ignore_index)
+        if "color" in self.formats:
+            self._write("color", f"{sample_id}_color.png", colour)
+        if "overlay" in self.formats:
+            blend = cv2.addWeighted(image, 1 - self.alpha, colour, self.alpha, 0)
+            self._write("overlay", f"{sample_id}_overlay.png", blend)
+
+
+def write_submission(files: list[Path], path: Path) -> Path:
+    """The zip the Cityscapes server takes: one labelIds PNG per image, flat."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, arcname=file.name)
+    return path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    formats = list(plain(cfg.formats) or [])
+    if cfg.submission and "labelids" not in formats:
+        formats.append("labelids")
+    inputs = list_images(Path(cfg.input)) if cfg.input else []
+    datamodule = build_data(cfg)
+    predictor: Predictor = build_predictor(cfg, datamodule)
+    output_dir = Path(cfg.output_dir or Path(HydraConfig.get().runtime.output_dir) / "predictions")
+    writer = PredictionWriter(output_dir, formats, datamodule.info, cfg.overlay_alpha, inputs)
+    batches = file_batches(inputs) if inputs else split_batches(datamodule)
+    total = len(inputs) if inputs else len(datamodule.val_dataloader().dataset)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("predicting", total=total)
+        for ids, images in batches:
+            preds = predictor(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+            for sample_id, image, pred in zip(ids, images, preds.cpu().numpy(), strict=True):
+                writer(sample_id, image, pred)
+            progress.advance(task, len(ids))
+    summary: dict[str, Any] = {"output_dir": str(output_dir), "count": total}
+    for fmt, files in writer.written.items():
+        console.print(f"{fmt}: {len(files)} files in {output_dir / fmt}")
+    if cfg.submission:
+        archive = write_submission(writer.written["labelids"], output_dir / "submission.zip")
+        summary["submission"] = str(archive)
+        console.print(f"Cityscapes submission archive: {archive}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    torch.set_flush_denormal(True)  # before the CPU thread pool starts; see cgnet.train
+    try:
+        run(cfg)
+    except ConfigError as err:
+        console.print(f"[bold red]config error:[/] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
