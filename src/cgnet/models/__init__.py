@@ -1,5 +1,13 @@
 """The CGNet network and its weight formats; no Lightning, no Hydra."""
 
 from cgnet.models.cgnet import CGNet, expected_num_parameters
+from cgnet.models.weights import LoadReport, WeightsMismatchError, export_weights, load_weights
 
-__all__ = ["CGNet", "expected_num_parameters"]
+__all__ = [
+    "CGNet",
+    "LoadReport",
+    "WeightsMismatchError",
+    "expected_num_parameters",
+    "export_weights",
+    "load_weights",
+]
