@@ -1,0 +1,335 @@
+"""LightningDataModules: one shared base, Cityscapes and CamVid on top of it.
+
+Every keyword has a precise type hint: the project checks Hydra data configs against these signatures,
+and every data config carries the same keys so commands stay the same across datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from cgnet.data.collate import collate
+from cgnet.data.dataset import SegmentationDataset
+from cgnet.data.errors import DataError
+from cgnet.data.labels import (
+    CAMVID,
+    CITYSCAPES,
+    CITYSCAPES_PUBLISHED_WEIGHTS,
+    IGNORE_INDEX,
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    DatasetInfo,
+    camvid_label_lut,
+    cityscapes_label_lut_strict,
+    cityscapes_train_id_lut,
+)
+from cgnet.data.layout import (
+    CAMVID_IDS,
+    CITYSCAPES_LABEL_IDS,
+    CITYSCAPES_TRAIN_IDS,
+    Sample,
+    SplitScan,
+    cityscapes_label_format,
+    cityscapes_sample_id,
+    read_list_file,
+    scan_camvid,
+    scan_cityscapes,
+)
+from cgnet.data.transforms import build_train_transform
+from cgnet.data.weights import computed_class_weights
+from cgnet.data.workers import process_rank, seed_worker
+
+ClassWeights = Literal["none", "published", "computed"]
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Shared loading, augmentation, batching and class weights; subclasses only find the files.
+
+    Batches are dicts: `image` uint8 [B, 3, H, W] RGB (normalise on the device with `mean`/`std`),
+    `mask` int64 [B, H, W] trainIds with 255 ignore, `id` list[str], `size` int64 [B, 2]. Training
+    batches are random crops; validation, test and predict batches are whole images.
+    """
+
+    info: ClassVar[DatasetInfo]
+    label_luts: ClassVar[dict[str, np.ndarray]]
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: Sequence[int] = (512, 1024),
+        scale_range: Sequence[float] = (0.5, 2.0),
+        scale_step: float = 0.0,
+        flip: bool = True,
+        photometric: bool = False,
+        cat_max_ratio: float = 1.0,
+        class_weights: ClassWeights = "none",
+        mean: Sequence[float] = OFFICIAL_MEAN,
+        std: Sequence[float] = OFFICIAL_STD,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_pair("crop_size", crop_size, positive=True)
+        _check_pair("scale_range", scale_range, positive=True)
+        if scale_range[0] > scale_range[1]:
+            raise ValueError(f"data.scale_range=[lo, hi] needs lo <= hi, got {list(scale_range)}")
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"data.cat_max_ratio must be in (0, 1] (1 = off), got {cat_max_ratio}")
+        if class_weights not in ("none", "published", "computed"):
+            raise ValueError(
+                f"data.class_weights must be none|published|computed, got {class_weights!r}"
+            )
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"data.mean and data.std need 3 values (RGB), got {mean}, {std}")
+        if min(batch_size, val_batch_size) < 1 or num_workers < 0:
+            raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
+        self.root = root
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.scale_step = float(scale_step)
+        self.flip = flip
+        self.photometric = photometric
+        self.cat_max_ratio = float(cat_max_ratio)
+        self.class_weights = class_weights
+        self._mean = tuple(float(v) for v in mean)
+        self._std = tuple(float(v) for v in std)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.list_files = {"train": train_list, "val": val_list, "test": test_list}
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.datasets: dict[str, SegmentationDataset] = {}
+        self._weights: torch.Tensor | None = None
+
+    # --- what the model needs to know ------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._std
+
+    # --- finding files (subclasses) -------------------------------------------------------
+
+    def resolve_root(self) -> Path:
+        """The dataset folder; subclasses add fallbacks (an environment variable, a cache)."""
+        if self.root is None:
+            raise DataError(f"no dataset root given for {self.info.name}: set data.root=PATH")
+        return Path(self.root).expanduser()
+
+    def scan_split(self, root: Path, split: str) -> SplitScan:
+        """Find the image/label pairs of a split in the dataset's folder layout."""
+        raise NotImplementedError
+
+    def scan_list(self, root: Path, list_file: Path, split: str) -> SplitScan:
+        """Pairs from an official list file ("image label" per line, relative to root)."""
+        raise NotImplementedError
+
+    def samples(self, stage: str) -> list[Sample]:
+        """The checked file pairs for stage 'train', 'val' or 'test' (DataError on any problem)."""
+        root = self.resolve_root()
+        split, list_file = self.splits[stage], self.list_files[stage]
+        if list_file:
+            path = Path(list_file).expanduser()
+            scan = self.scan_list(root, path if path.is_absolute() else root / path, split)
+        else:
+            scan = self.scan_split(root, split)
+        return scan.require()
+
+    # --- Lightning hooks --------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Count class frequencies once (rank 0) when computed weights are asked for."""
+        if self.class_weights == "computed":
+            self.class_weight_tensor()
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            None: ("train", "val", "test"),
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }.get(stage, ("train", "val", "test"))
+        for name in wanted:
+            if name not in self.datasets:
+                self.datasets[name] = self._dataset(name)
+
+    def _dataset(self, stage: str) -> SegmentationDataset:
+        transform = None
+        if stage == "train":
+            transform = build_train_transform(
+                crop_size=self.crop_size,
+                scale_range=self.scale_range,
+                scale_step=self.scale_step,
+                flip=self.flip,
+                photometric=self.photometric,
+                cat_max_ratio=self.cat_max_ratio,
+                fill=self._mean,  # padding = the mean, i.e. 0 after normalisation (as mmseg pads)
+                ignore_index=IGNORE_INDEX,
+            )
+        return SegmentationDataset(self.samples(stage), self.label_luts, transform)
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        dataset = self._get("train")
+        # The main-process stream (num_workers=0) follows the global torch seed too.
+        dataset.reseed(int(torch.randint(0, 2**62, (1,)).item()) + process_rank())
+        if len(dataset) < self.batch_size:
+            raise DataError(
+                f"the training split has {len(dataset)} image(s), fewer than data.batch_size="
+                f"{self.batch_size}; with drop_last no batch would be left"
+            )
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self._get("val"), self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self._get("test"), self.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader(self._get("test"), self.val_batch_size)
+
+    def _get(self, stage: str) -> SegmentationDataset:
+        if stage not in self.datasets:
+            self.datasets[stage] = self._dataset(stage)
+        return self.datasets[stage]
+
+    def _loader(
+        self,
+        dataset: SegmentationDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+    ) -> DataLoader[dict[str, Any]]:
+        workers = self.num_workers
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker,
+            prefetch_factor=2 if workers > 0 else None,
+        )
+
+    # --- loss weights ---------------------------------------------------------------------
+
+    def class_weight_tensor(self) -> torch.Tensor | None:
+        """Cross-entropy class weights (float32 [C]), or None for data.class_weights=none."""
+        if self.class_weights == "none":
+            return None
+        if self._weights is None:
+            if self.class_weights == "published":
+                self._weights = torch.tensor(self.published_weights(), dtype=torch.float32)
+            else:
+                samples = self.samples("train")
+                weights = computed_class_weights(
+                    self.info, samples, self.label_luts, num_workers=self.num_workers
+                )
+                self._weights = torch.from_numpy(weights).float()
+        return self._weights.clone()
+
+    def published_weights(self) -> Sequence[float]:
+        raise ValueError(
+            f"{self.info.name} has no published class weights; use data.class_weights=computed"
+        )
+
+
+def _check_pair(name: str, values: Sequence[float], positive: bool) -> None:
+    if len(values) != 2 or (positive and min(values) <= 0):
+        raise ValueError(f"data.{name} must be two positive numbers, got {list(values)}")
+
+
+class CityscapesDataModule(SegmentationDataModule):
+    """Cityscapes (fine): leftImg8bit + gtFine, or the official list files; 19 classes.
+
+    The root falls back to the CITYSCAPES_DATASET environment variable (cityscapesscripts' own).
+    labelIds are mapped to trainIds on the fly; *_gtFine_labelTrainIds.png are used when present.
+    """
+
+    info = CITYSCAPES
+    label_luts: ClassVar[dict[str, np.ndarray]] = {
+        CITYSCAPES_LABEL_IDS: cityscapes_label_lut_strict(),
+        CITYSCAPES_TRAIN_IDS: cityscapes_train_id_lut(),
+    }
+
+    def resolve_root(self) -> Path:
+        root = self.root or os.environ.get("CITYSCAPES_DATASET")
+        if not root:
+            raise DataError(
+                "no Cityscapes root: set data.root=PATH or the CITYSCAPES_DATASET environment "
+                "variable to the folder holding leftImg8bit/ and gtFine/"
+            )
+        return Path(root).expanduser()
+
+    def scan_split(self, root: Path, split: str) -> SplitScan:
+        return scan_cityscapes(root, split)
+
+    def scan_list(self, root: Path, list_file: Path, split: str) -> SplitScan:
+        return read_list_file(
+            root,
+            list_file,
+            split,
+            sample_id=cityscapes_sample_id,
+            label_format=cityscapes_label_format,
+        )
+
+    def published_weights(self) -> Sequence[float]:
+        return CITYSCAPES_PUBLISHED_WEIGHTS
+
+
+class CamVidDataModule(SegmentationDataModule):
+    """CamVid in the SegNet tutorial layout (train/, trainannot/, ...) or list files; 11 classes."""
+
+    info = CAMVID
+    label_luts: ClassVar[dict[str, np.ndarray]] = {CAMVID_IDS: camvid_label_lut()}
+
+    def scan_split(self, root: Path, split: str) -> SplitScan:
+        return scan_camvid(root, split)
+
+    def scan_list(self, root: Path, list_file: Path, split: str) -> SplitScan:
+        return read_list_file(
+            root,
+            list_file,
+            split,
+            sample_id=lambda p: p.stem,
+            label_format=lambda p: CAMVID_IDS,
+        )
