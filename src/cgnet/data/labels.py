@@ -162,12 +162,14 @@ def camvid_label_lut() -> np.ndarray:
     return lut
 
 
-def train_id_to_label_id_lut(info: DatasetInfo, void_id: int = 0) -> np.ndarray:
-    """trainId -> the dataset's own ids (ignore -> void_id), for exporting predictions as label files.
+def train_id_to_label_id_lut(info: DatasetInfo, void_id: int | None = None) -> np.ndarray:
+    """trainId -> the dataset's own ids, ignore (and anything unknown) -> void_id.
 
-    Cityscapes' benchmark takes labelIds (void_id 0, "unlabeled"); CamVid's ids are its trainIds
-    (pass void_id=11).
+    For exporting predictions as label files: Cityscapes' benchmark takes labelIds (void 0,
+    "unlabeled"); CamVid's ids are its trainIds with void 11. void_id defaults to the dataset's.
     """
+    if void_id is None:
+        void_id = CAMVID_VOID if info.name == CAMVID.name else 0
     lut = np.full(256, void_id, dtype=np.uint8)
     ids = info.train_id_to_label_id or tuple(range(info.num_classes))
     lut[: len(ids)] = np.asarray(ids, dtype=np.uint8)

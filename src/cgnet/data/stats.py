@@ -62,7 +62,7 @@ def iter_stats(
     loader = DataLoader(
         LabelStatsDataset(samples, luts, check_images),
         batch_size=None,
-        num_workers=num_workers,
+        num_workers=min(num_workers, len(samples)),
         collate_fn=_identity,
     )
     yield from loader
