@@ -244,8 +244,8 @@ def test_checkpoint_without_bn_counters(
     state = {k: v for k, v in official.items() if not k.endswith("num_batches_tracked")}
     model = CGNet(11)
     report = load_weights(model, state)
-    assert report.num_tensors == 498
-    assert any("num_batches_tracked" in note for note in report.notes)
+    assert report.num_tensors == len(state) == 498 - 54  # 54 BatchNorms
+    assert any("54 BatchNorm num_batches_tracked" in note for note in report.notes)
     assert_reproduces(model, reference)
 
 
@@ -391,6 +391,14 @@ def test_export_refuses_what_the_target_cannot_express(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
         export_weights(CGNet(19, **kwargs), fmt)  # type: ignore[arg-type]
+
+
+def test_half_precision_checkpoint_is_cast(official: dict[str, Tensor]) -> None:
+    state = {k: v.half() if v.is_floating_point() else v for k, v in official.items()}
+    model = CGNet(11)
+    report = load_weights(model, state)
+    assert any("float16" in note for note in report.notes)
+    assert model.classifier.weight.dtype == torch.float32
 
 
 def test_export_unknown_format() -> None:

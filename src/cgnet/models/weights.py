@@ -50,7 +50,7 @@ class LoadReport:
     """What :func:`load_weights` found and did, for logs and for callers that want to check."""
 
     format: Format
-    num_tensors: int
+    num_tensors: int  # taken from the checkpoint (defaults filled in are not counted)
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -317,17 +317,19 @@ def load_weights(
         notes.append(f"strict=False: skipped {len(unexpected)} unexpected keys")
 
     converted = {k: available[f] for f, k in wanted.items() if f in available}
+    num_loaded = len(converted)
     for f in counters:
         converted[wanted[f]] = torch.zeros((), dtype=torch.long)
     if counters:
         notes.append(f"{len(counters)} BatchNorm num_batches_tracked counters absent: set to 0")
-    dtypes = sorted({str(v.dtype) for v in converted.values() if v.is_floating_point()})
-    if dtypes != ["torch.float32"] and dtypes:
-        notes.append(f"checkpoint stores {', '.join(dtypes)}: cast to the model's dtype")
+    floats = {v.dtype for k, v in converted.items() if v.is_floating_point()}
+    if floats - {v.dtype for v in target.values()}:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in floats))
+        notes.append(f"checkpoint stores {names}: cast to the model's dtype")
 
     model.load_state_dict(converted, strict=not missing)
     notes += _set_bn_eps(model, _FORMAT_BN_EPS.get(fmt), fmt, force_note=fmt == "sssegmentation")
-    return LoadReport(fmt, len(converted), source_name, tuple(notes))
+    return LoadReport(fmt, num_loaded, source_name, tuple(notes))
 
 
 def _set_bn_eps(model: nn.Module, eps: float | None, fmt: str, *, force_note: bool) -> list[str]:
