@@ -204,7 +204,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return SegmentationDataset(self.samples(stage), self.label_luts, transform)
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
-        dataset = self._get("train")
+        dataset = self.dataset("train")
         # The main-process stream (num_workers=0) follows the global torch seed too.
         dataset.reseed(int(torch.randint(0, 2**62, (1,)).item()) + process_rank())
         if len(dataset) < self.batch_size:
@@ -215,15 +215,16 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader(self._get("val"), self.val_batch_size)
+        return self._loader(self.dataset("val"), self.val_batch_size)
 
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader(self._get("test"), self.val_batch_size)
+        return self._loader(self.dataset("test"), self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader(self._get("test"), self.val_batch_size)
+        return self._loader(self.dataset("test"), self.val_batch_size)
 
-    def _get(self, stage: str) -> SegmentationDataset:
+    def dataset(self, stage: str) -> SegmentationDataset:
+        """The dataset of stage 'train', 'val' or 'test', built (and its files checked) on first use."""
         if stage not in self.datasets:
             self.datasets[stage] = self._dataset(stage)
         return self.datasets[stage]

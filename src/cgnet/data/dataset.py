@@ -19,8 +19,8 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     """Samples as dicts: `image` uint8 [3, H, W] RGB, `mask` uint8 [H, W] trainIds, `id`.
 
     `luts` maps each Sample.label_format to its 256-entry id -> trainId table. Without a transform the
-    image comes at full resolution (validation and test are whole-image). Masks stay uint8 until
-    collation, so the worker -> main process hand-over of single samples is small.
+    image comes at full resolution (validation and test are whole-image). `image` is a CHW view of the
+    decoded HWC array (no copy; `collate` stacks the HWC arrays) and masks stay uint8 until collation.
     """
 
     def __init__(

@@ -1,0 +1,187 @@
+"""`python -m cgnet.data.benchmark`: training-pipeline throughput (decode + augment + collate).
+
+Generates a few full-size (2048x1024) Cityscapes-layout PNGs into a temp folder, then measures
+1. each stage in this process (image decode, label decode + id mapping, augmentation, collation),
+   giving images/s for one worker, and
+2. real DataLoaders with 1..N workers, images/s in total and per worker,
+for the training pipeline at the chosen crop (default 512x1024, the mmseg/sssegmentation recipe).
+A GPU step must never wait for these numbers: workers x images/s per worker has to exceed what the
+model consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from cgnet.data.collate import collate
+from cgnet.data.datamodule import CityscapesDataModule
+from cgnet.data.dataset import SegmentationDataset
+from cgnet.data.io import map_label, read_image, read_label_raw
+from cgnet.data.synthetic import generate_cityscapes
+from cgnet.data.workers import seed_worker
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cgnet.data.benchmark", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), metavar=("H", "W"))
+    parser.add_argument("--crop", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
+    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0))
+    parser.add_argument("--photometric", action="store_true", help="add photometric distortion")
+    parser.add_argument("--cat-max-ratio", type=float, default=1.0)
+    parser.add_argument("--images", type=int, default=8, help="distinct PNGs to generate")
+    parser.add_argument("--samples", type=int, default=64, help="images per measurement")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=None, help="default: 1..cores")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="reuse/keep the generated PNGs here"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    return parser.parse_args(argv)
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds per call."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def stage_times(
+    datamodule: CityscapesDataModule, samples: int, batch_size: int
+) -> dict[str, float]:
+    """Milliseconds per image for each stage, in this process (= one worker)."""
+    dataset = datamodule.dataset("train")
+    sample, n = dataset.samples[0], len(dataset)
+    lut = dataset.luts[sample.label_format]
+    image, mask = dataset.load(0)
+    repeats = max(samples // 4, 3)
+    transform = dataset.transform
+    assert transform is not None
+    items = [dataset[i % n] for i in range(batch_size)]
+    assert sample.label is not None
+    label_path = sample.label
+    raw = read_label_raw(label_path)
+    ms = {
+        "decode image": _time(lambda: read_image(sample.image), repeats),
+        "decode label": _time(lambda: read_label_raw(label_path), repeats),
+        "map + check ids": _time(lambda: map_label(raw, lut, label_path), repeats),
+        "augment": _time(lambda: transform(image=image, mask=mask), samples),
+        "collate": _time(lambda: collate(items), repeats) / batch_size,
+    }
+    ms = {k: v * 1000 for k, v in ms.items()}
+    ms["end to end"] = _time(lambda: dataset[0], repeats) * 1000 + ms["collate"]
+    return ms
+
+
+def loader_throughput(
+    dataset: SegmentationDataset, workers: int, samples: int, batch_size: int
+) -> float:
+    """Images/s through a real DataLoader (after a warm-up batch per worker)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=seed_worker,
+        persistent_workers=workers > 0,
+    )
+    batches = max(samples // batch_size, 1)
+    seen, start = 0, 0.0
+    iterator = iter(_cycle(loader))
+    for _ in range(max(workers, 1)):  # warm-up: workers started, first batches in flight
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        seen += next(iterator)["image"].shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def _cycle(loader: DataLoader[Any]):  # type: ignore[no-untyped-def]
+    while True:
+        yield from loader
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    console = Console()
+    torch.set_num_threads(1)
+    cores = os.cpu_count() or 1
+    workers = args.workers or list(range(1, cores + 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or Path(tmp) / "cityscapes"
+        start = time.perf_counter()
+        generate_cityscapes(
+            root, num_train=args.images, num_val=0, num_test=0, image_size=args.size
+        )
+        console.print(
+            f"inputs: {args.images} PNGs {args.size[1]}x{args.size[0]} in {root} ({time.perf_counter() - start:.1f} s)"
+        )
+        datamodule = CityscapesDataModule(
+            root=str(root),
+            batch_size=args.batch_size,
+            num_workers=0,
+            crop_size=args.crop,
+            scale_range=args.scale_range,
+            photometric=args.photometric,
+            cat_max_ratio=args.cat_max_ratio,
+        )
+        stages = stage_times(datamodule, args.samples, args.batch_size)
+        dataset = datamodule.dataset("train")
+        # Repeat the few files so every measurement reads `samples` images.
+        dataset.samples = dataset.samples * max(1, -(-args.samples * 2 // len(dataset.samples)))
+        loaders = {w: loader_throughput(dataset, w, args.samples, args.batch_size) for w in workers}
+    per_worker_ms = stages["end to end"]
+    results: dict[str, Any] = {
+        "input": f"{args.size[1]}x{args.size[0]} PNG",
+        "crop": list(args.crop),
+        "photometric": args.photometric,
+        "cat_max_ratio": args.cat_max_ratio,
+        "stage_ms_per_image": {k: round(v, 2) for k, v in stages.items()},
+        "images_per_s_one_process": round(1000 / per_worker_ms, 2),
+        "dataloader_images_per_s": {str(w): round(v, 2) for w, v in loaders.items()},
+        "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    table = Table(title="training pipeline, per image")
+    table.add_column("stage")
+    table.add_column("ms", justify="right")
+    for stage, value in stages.items():
+        table.add_row(stage, f"{value:.1f}")
+    console.print(table)
+    console.print(f"one process: {1000 / per_worker_ms:.1f} images/s")
+    loader_table = Table(
+        title=f"DataLoader, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}"
+    )
+    for column in ("workers", "images/s", "images/s per worker"):
+        loader_table.add_column(column, justify="right")
+    for w, value in loaders.items():
+        loader_table.add_row(str(w), f"{value:.1f}", f"{value / max(w, 1):.1f}")
+    console.print(loader_table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
