@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from cgnet.data.errors import DataError
 from cgnet.data.io import check_same_size, read_image, read_label
 from cgnet.data.layout import Sample
+
+MIN_FILES_PER_WORKER = 16
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,15 @@ def iter_stats(
     check_images: bool,
     num_workers: int,
 ) -> Iterator[FileStats]:
-    """FileStats for every sample, in order, decoded by num_workers processes."""
+    """FileStats for every sample, in order, decoded by up to num_workers processes.
+
+    Never more processes than cores, and none for a handful of files (starting them costs more).
+    """
+    workers = min(num_workers, os.cpu_count() or 1) if len(samples) >= MIN_FILES_PER_WORKER else 0
     loader = DataLoader(
         LabelStatsDataset(samples, luts, check_images),
         batch_size=None,
-        num_workers=min(num_workers, len(samples)),
+        num_workers=workers,
         collate_fn=_identity,
     )
     yield from loader
