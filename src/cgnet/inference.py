@@ -1,0 +1,469 @@
+"""Fast inference for CGNet, and the whole-image / sliding-window / multi-scale + flip predictors.
+
+:func:`optimize` turns a trained :class:`~cgnet.models.CGNet` into an inference-only module with the
+same call signature (normalised float NCHW in, logits at input size out). It folds every BatchNorm
+that sits right after a convolution into that convolution, including the f_joi BatchNorm that follows
+the f_loc / f_sur concatenation (a concat only splits channels, and both convs are depthwise), keeps
+the remaining join BatchNorms as one per-channel affine, runs channels-last, and optionally compiles.
+docs/benchmarks.md records what each step buys and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cgnet.models.blocks import BNAct, CGBlock, CGDownBlock, ConvBNAct, FGlo
+from cgnet.models.cgnet import CGNet
+
+__all__ = [
+    "FastCGNet",
+    "fold_network",
+    "optimize",
+    "predict_logits",
+    "reuse_cpu_memory",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNorm folding
+# --------------------------------------------------------------------------------------------------
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm as ``x * scale + shift`` (computed in float64 to keep folding exact)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("optimize() needs BatchNorm running statistics (track_running_stats=True)")
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _slope(act: nn.Module) -> Tensor | None:
+    """PReLU slopes per channel, or None for ReLU (the paper's ablation)."""
+    if isinstance(act, nn.PReLU):
+        return act.weight.detach().float().clone()
+    if isinstance(act, nn.ReLU):
+        return None
+    raise TypeError(f"cannot fold activation {type(act).__name__}")
+
+
+def _activate(x: Tensor, slope: Tensor | None) -> Tensor:
+    return F.relu(x) if slope is None else F.prelu(x, slope)
+
+
+class FoldedConv(nn.Module):
+    """A convolution with its BatchNorm folded into weight and bias, plus its activation if any."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        slope: Tensor | None = None,
+        activation: bool = False,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.float().contiguous())
+        self.register_buffer("bias", bias.float().contiguous())
+        self.register_buffer("slope", slope)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.activation = activation
+
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
+        act: nn.Module | None = None,
+    ) -> FoldedConv:
+        """``act(bn(conv(x)))`` as one convolution (+ activation), with ``bn = x * scale + shift``."""
+        weight = conv.weight.detach().double()
+        bias = (
+            conv.bias.detach().double()
+            if conv.bias is not None
+            else weight.new_zeros(weight.shape[0])
+        )
+        if scale is not None and shift is not None:
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = bias * scale + shift
+        (stride, _), (padding, _), (dilation, _) = conv.stride, conv.padding, conv.dilation
+        assert isinstance(padding, int)
+        return cls(
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=conv.groups,
+            slope=_slope(act) if act is not None else None,
+            activation=act is not None,
+        )
+
+    @classmethod
+    def from_conv_bn_act(cls, block: ConvBNAct) -> FoldedConv:
+        return cls.from_conv(block.conv, *_bn_affine(block.bn), block.act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+        return _activate(y, self.slope) if self.activation else y
+
+    def depthwise_taps(self, x: Tensor) -> Tensor:
+        """The same depthwise 3x3 conv as nine shifted multiply-adds (pointwise ops only), so that
+        torch.compile fuses it with the activation, the concat and f_glo's mean into one loop."""
+        d = self.dilation
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (d, d, d, d))
+        weight = self.weight.view(1, -1, 9, 1, 1)
+        out = self.bias.view(1, -1, 1, 1)
+        for k in range(9):
+            i, j = divmod(k, 3)
+            tap = padded[:, :, i * d : i * d + h, j * d : j * d + w]
+            out = out + tap * weight[:, :, k]
+        return out
+
+
+class Join(nn.Module):
+    """A join's BatchNorm + activation after a concatenation, kept as one affine (it follows a PReLU,
+    so it cannot be folded into a convolution exactly)."""
+
+    def __init__(self, join: BNAct) -> None:
+        super().__init__()
+        scale, shift = _bn_affine(join.bn)
+        self.register_buffer("scale", scale.float().view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.float().view(1, -1, 1, 1))
+        self.register_buffer("slope", _slope(join.act))
+
+    def forward(self, parts: list[Tensor]) -> Tensor:
+        x = torch.cat(parts, 1)
+        return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
+
+
+class FastFGlo(nn.Module):
+    """f_glo with plain tensors: global mean -> fc -> ReLU -> fc -> sigmoid -> channel-wise product."""
+
+    def __init__(self, fglo: FGlo) -> None:
+        super().__init__()
+        fc1, fc2 = fglo.fc[0], fglo.fc[2]
+        assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+        self.register_buffer("w1", fc1.weight.detach().float().clone())
+        self.register_buffer("b1", fc1.bias.detach().float().clone())
+        self.register_buffer("w2", fc2.weight.detach().float().clone())
+        self.register_buffer("b2", fc2.bias.detach().float().clone())
+
+    def weights(self, x: Tensor) -> Tensor:
+        """The per-channel gate ``[B, C, 1, 1]``."""
+        hidden = F.relu(F.linear(x.mean(dim=(2, 3)), self.w1, self.b1))
+        return torch.sigmoid(F.linear(hidden, self.w2, self.b2))[:, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weights(x)
+
+
+class FastCGBlock(nn.Module):
+    """A CG block (or CG-Down block) with conv_in's BN folded into conv_in and f_joi's BN folded into
+    f_loc and f_sur (channel-wise: the concat only stacks their channels)."""
+
+    def __init__(self, block: CGBlock | CGDownBlock) -> None:
+        super().__init__()
+        scale, shift = _bn_affine(block.f_joi.bn)
+        half = block.f_loc.out_channels
+        self.conv_in = FoldedConv.from_conv_bn_act(block.conv_in)
+        self.f_loc = FoldedConv.from_conv(block.f_loc, scale[:half], shift[:half])
+        self.f_sur = FoldedConv.from_conv(block.f_sur, scale[half:], shift[half:])
+        self.register_buffer("slope", _slope(block.f_joi.act))
+        self.reduce = FoldedConv.from_conv(block.reduce) if isinstance(block, CGDownBlock) else None
+        self.f_glo = FastFGlo(block.f_glo) if isinstance(block.f_glo, FGlo) else None
+        self.residual = block.residual if isinstance(block, CGBlock) else "none"
+        self.depthwise_as_taps = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv_in(x)
+        if self.depthwise_as_taps:
+            parts = [self.f_loc.depthwise_taps(y), self.f_sur.depthwise_taps(y)]
+        else:
+            parts = [self.f_loc(y), self.f_sur(y)]
+        y = _activate(torch.cat(parts, 1), self.slope)
+        if self.reduce is not None:
+            y = self.reduce(y)
+        if self.residual == "local":
+            y = y + x
+        if self.f_glo is not None:
+            if self.residual == "global":
+                return torch.addcmul(x, y, self.f_glo.weights(y))
+            y = self.f_glo(y)
+        if self.residual == "global":
+            y = y + x
+        return y
+
+
+class FastCGNet(nn.Module):
+    """Inference-only CGNet with every exact BatchNorm fold applied; called like the model it came from.
+
+    It holds buffers only (no parameters): it is for prediction, export and benchmarking, not training.
+    """
+
+    def __init__(self, model: CGNet) -> None:
+        super().__init__()
+        self.num_classes = model.num_classes
+        self.input_injection = model.input_injection
+        self.stem = nn.Sequential(*(FoldedConv.from_conv_bn_act(m) for m in model.stem))
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.join1 = Join(model.join1)
+        self.stage2_down = FastCGBlock(model.stage2_down)
+        self.stage2 = nn.Sequential(*(FastCGBlock(b) for b in model.stage2))
+        self.join2 = Join(model.join2)
+        self.stage3_down = FastCGBlock(model.stage3_down)
+        self.stage3 = nn.Sequential(*(FastCGBlock(b) for b in model.stage3))
+        self.join3 = Join(model.join3)
+        self.classifier = FoldedConv.from_conv(model.classifier)
+
+    def forward(self, x: Tensor) -> Tensor:
+        stem = self.stem(x)
+        if self.input_injection:
+            inj2 = self.pool(x)
+            inj4 = self.pool(inj2)
+            y = self.join1([stem, inj2])
+        else:
+            y = self.join1([stem])
+        down2 = self.stage2_down(y)
+        y = self.stage2(down2)
+        y = self.join2([y, down2, inj4] if self.input_injection else [y, down2])
+        down3 = self.stage3_down(y)
+        y = self.join3([down3, self.stage3(down3)])
+        logits = self.classifier(y)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def fold_network(model: CGNet) -> FastCGNet:
+    """The eval-mode network with BatchNorms folded; exact up to float32 rounding."""
+    return FastCGNet(model).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU runtime
+# --------------------------------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_reused = False
+
+
+def reuse_cpu_memory() -> bool:
+    """Keep freed large buffers in glibc's heap instead of returning them to the kernel.
+
+    glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh mmaps, so every
+    full-resolution forward faults in its activations page by page again (~920k faults, most of
+    eager's time at 1024x2048 on the 2-core machine). Raising the thresholds makes steady-state
+    inference reuse the same memory. Process-wide; returns False where libc is not glibc.
+    """
+    global _reused
+    if _reused:
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    _reused = ok
+    return ok
+
+
+def optimize(
+    model: CGNet,
+    *,
+    device: str | torch.device = "cpu",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    bf16: bool = False,
+    cuda_graphs: bool = False,
+    reuse_memory: bool = True,
+) -> nn.Module:
+    """The fastest exact form of ``model`` for inference, called like it (float NCHW -> logits).
+
+    Args:
+        model: a CGNet (its mode is ignored; the result is always eval-mode).
+        device: where the result runs.
+        channels_last: memory format; None picks what measured fastest on that device.
+        compile: wrap in ``torch.compile`` (slow first call per input shape; fastest after).
+        bf16: bfloat16 autocast, GPU only (it moves ~1% of pixels' argmax; opt in knowingly).
+        cuda_graphs: replay CUDA graphs per input shape (GPU only; implies fixed shapes).
+        reuse_memory: on CPU, keep freed buffers in the heap (see :func:`reuse_cpu_memory`).
+    """
+    device = torch.device(device)
+    if bf16 and device.type != "cuda":
+        raise ValueError("bf16 inference is offered on CUDA only (CPU bf16 is slower here)")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("cuda_graphs needs device='cuda'")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+        if reuse_memory:
+            reuse_cpu_memory()
+    if channels_last is None:
+        channels_last = True
+    net = fold_network(model).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    runner: nn.Module = _Runner(net, channels_last=channels_last, bf16=bf16)
+    if compile:
+        runner = torch.compile(runner)  # type: ignore[assignment]
+    return runner
+
+
+class _Runner(nn.Module):
+    """Puts the input in the chosen memory format and runs without autograd."""
+
+    def __init__(self, net: FastCGNet, *, channels_last: bool, bf16: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+        self.bf16 = bf16
+        self.num_classes = net.num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.bf16:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return self.net(x).float()
+        return self.net(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-image, sliding-window and multi-scale + flip prediction
+# --------------------------------------------------------------------------------------------------
+
+Merge = Literal["softmax", "logits"]
+
+
+def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
+    """mmcv's rescale rounding: int(side * scale + 0.5), at least one pixel."""
+    return tuple(max(1, int(side * scale + 0.5)) for side in size)  # type: ignore[return-value]
+
+
+def _windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's slide_inference grid along one axis; the last window is shifted back inside the image."""
+    crop = min(window, size)
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for i in range(count):
+        end = min(i * stride + crop, size)
+        spans.append((end - crop, end))
+    return spans
+
+
+def sliding_window_logits(
+    net: Callable[[Tensor], Tensor],
+    images: Tensor,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    *,
+    num_classes: int | None = None,
+    window_batch: int = 4,
+) -> Tensor:
+    """Logits from overlapping windows, averaged where they overlap (mmseg's slide mode).
+
+    Every window has the same size (min(window, image)), so windows run ``window_batch`` at a time.
+    """
+    if min(*window, *stride) < 1:
+        raise ValueError(f"window {window} and stride {stride} must be positive")
+    batch, _, height, width = images.shape
+    boxes = [
+        (y0, y1, x0, x1)
+        for y0, y1 in _windows(height, window[0], stride[0])
+        for x0, x1 in _windows(width, window[1], stride[1])
+    ]
+    logits: Tensor | None = None
+    count = torch.zeros(1, 1, height, width, device=images.device, dtype=images.dtype)
+    for start in range(0, len(boxes), max(1, window_batch)):
+        chunk = boxes[start : start + max(1, window_batch)]
+        crops = torch.cat([images[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in chunk], 0)
+        out = net(crops).float()
+        if logits is None:
+            classes = num_classes or out.shape[1]
+            logits = images.new_zeros(batch, classes, height, width, dtype=torch.float32)
+        for k, (y0, y1, x0, x1) in enumerate(chunk):
+            logits[:, :, y0:y1, x0:x1] += out[k * batch : (k + 1) * batch]
+            count[:, :, y0:y1, x0:x1] += 1
+    assert logits is not None
+    return logits / count
+
+
+def predict_logits(
+    net: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    merge: Merge = "softmax",
+    window_batch: int = 4,
+) -> Tensor:
+    """Class scores ``[B, C, H, W]`` for normalised float images, whole-image or sliding-window, at
+    one or several scales, optionally with horizontal flips (mmseg's test-time augmentation).
+
+    Each view resizes the image (bilinear, align_corners=False), predicts, and resizes the logits back
+    to the input size. A single view returns the network's logits unchanged. Several views are merged
+    the way mmseg does: the mean of their softmax probabilities (``merge="softmax"``), or the mean of
+    their logits (``merge="logits"``). Either way the argmax over classes is the prediction.
+    """
+    if not scales:
+        raise ValueError("predict_logits needs at least one scale")
+    if stride is not None and window is None:
+        raise ValueError("stride given without window")
+    if merge not in ("softmax", "logits"):
+        raise ValueError(f"merge must be 'softmax' or 'logits', got {merge!r}")
+    size = tuple(images.shape[-2:])
+    views = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+
+    def run(x: Tensor) -> Tensor:
+        if window is None:
+            return net(x).float()
+        return sliding_window_logits(
+            net,
+            x,
+            window,
+            stride or window,
+            num_classes=num_classes,
+            window_batch=window_batch,
+        )
+
+    total: Tensor | None = None
+    for scale, flipped in views:
+        x = images
+        if scale != 1.0:
+            x = F.interpolate(
+                x, size=_scaled_size(size, scale), mode="bilinear", align_corners=False
+            )
+        if flipped:
+            x = x.flip(-1)
+        out = run(x)
+        if flipped:
+            out = out.flip(-1)
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if len(views) == 1:
+            return out
+        out = out.softmax(1) if merge == "softmax" else out
+        total = out if total is None else total + out
+    assert total is not None
+    return total / len(views)
