@@ -369,6 +369,11 @@ def _windows(size: int, window: int, stride: int) -> list[tuple[int, int]]:
     return spans
 
 
+def default_stride(window: tuple[int, int]) -> tuple[int, int]:
+    """Two thirds of the window (mmseg's Cityscapes configs: 512x1024 windows, 341x682 stride)."""
+    return (max(1, 2 * window[0] // 3), max(1, 2 * window[1] // 3))
+
+
 def sliding_window_logits(
     net: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -442,7 +447,7 @@ def predict_logits(
             net,
             x,
             window,
-            stride or window,
+            stride or default_stride(window),
             num_classes=num_classes,
             window_batch=window_batch,
         )

@@ -1,0 +1,78 @@
+"""The benchmark command's figures are complete and its variants agree with eager (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from cgnet.benchmark import Latency, render, run
+from cgnet.config import ConfigError
+
+TINY = [
+    "sizes=[[64,96],[45,61]]",
+    "model.M=2",
+    "model.N=3",
+    "num_classes=5",
+    "warmup=1",
+    "repeats=2",
+    "train_throughput.batch=2",
+    "train_throughput.crop=[32,48]",
+    "train_throughput.steps=1",
+    "train_throughput.warmup=0",
+    "device=cpu",
+]
+
+
+def compose_benchmark(*overrides: str, hydra: bool = False) -> DictConfig:
+    with initialize_config_module(config_module="cgnet.conf", version_base="1.3"):
+        return compose(
+            config_name="benchmark", overrides=list(overrides), return_hydra_config=hydra
+        )
+
+
+def test_defaults_are_the_issue_settings() -> None:
+    cfg = compose_benchmark(hydra=True)
+    assert cfg.sizes == [[1024, 2048], [512, 1024]] and cfg.batch == 1
+    assert list(cfg.variants) == ["eager", "fast", "compile", "onnxruntime"]
+    assert cfg.train_throughput.batch == 8 and list(cfg.train_throughput.crop) == [360, 480]
+    assert cfg.hydra.output_subdir is None
+
+
+def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    result = run(compose_benchmark(*TINY, "variants=[eager,fast,onnxruntime,bf16]"))
+    assert result["model"]["parameters"] > 0
+    assert set(result["model"]["multiply_adds"]) == {"64x96", "45x61"}
+    rows = {(r["variant"], tuple(r["size"])): r for r in result["inference"]}
+    for size in ((64, 96), (45, 61)):
+        assert "needs a CUDA device" in rows[("bf16", size)]["skipped"]
+        for variant in ("eager", "fast", "onnxruntime"):
+            row = rows[(variant, size)]
+            assert row["max_abs_diff"] <= 1e-4 and row["argmax_agreement"] >= 0.9999
+            lat = row["latency_ms"]
+            assert 0 < lat["min"] <= lat["q1"] <= lat["median"] <= lat["q3"] <= lat["max"]
+            assert row["fps"] == pytest.approx(1e3 / lat["median"])
+            assert row["latency_unsynced_ms"] is None  # CPU calls are synchronous
+        assert rows[("eager", size)]["speedup_over_eager"] == 1.0
+    training = result["training"]
+    assert [r["setting"] for r in training] == ["plain eager", "project default"]
+    assert training[0]["channels_last"] is False and training[1]["channels_last"] is True
+    assert all(r["images_per_s"] > 0 for r in training)
+    assert len(render(result)) == 2
+    json.dumps(result)  # the file the command writes
+
+
+def test_unknown_variant_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="tensorrt"):
+        run(compose_benchmark(*TINY, "variants=[eager,tensorrt]"))
+
+
+def test_latency_stats() -> None:
+    stats = Latency.stats([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 5.0
+    assert stats["q1"] <= stats["median"] <= stats["q3"]
+    assert Latency.stats([]) == {}
