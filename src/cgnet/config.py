@@ -67,7 +67,11 @@ def matches(value: Any, annotation: Any) -> bool:
         return not args or all(matches(v, args[0]) for v in value)
     if origin in _MAPPINGS or annotation in _MAPPINGS:
         return isinstance(value, dict)
-    return True  # a class YAML cannot express (Accelerator, timedelta, ...): the library will judge
+    if isinstance(
+        annotation, type
+    ):  # a class (Tensor, Accelerator, ...): only an instance or a node
+        return isinstance(value, annotation) or (isinstance(value, dict) and "_target_" in value)
+    return True  # TypeVars, Protocols and other typing forms: the library will judge
 
 
 def describe(annotation: Any) -> str:

@@ -5,6 +5,7 @@ Checkpoints, logs and the preview picture land in Hydra's run directory (``hydra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -138,18 +139,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    elif ckpt_path:  # train=false ckpt_path=X: score X on the val split with the configured devices
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    summary["metrics"] = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
+    }
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-    if best_path:
+    if cfg.train and best_path:
         summary["checkpoint"] = best_path
         state = torch.load(best_path, map_location=module.device, weights_only=False)
         module.load_state_dict(state["state_dict"])
     summary["val/mIoU_best"] = float(module.best_miou)
-    if cfg.test and trainer.is_global_zero:
+    if cfg.test:
         trainer.test(module, datamodule=datamodule)
-    if cfg.preview and trainer.is_global_zero and not trainer.fast_dev_run:
-        datamodule.setup("validate")
-        picture = save_preview(module, datamodule, output_dir / "preview.png")
-        summary["preview"] = str(picture) if picture else None
+        summary["metrics"].update(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        )
+    if trainer.is_global_zero:
+        if cfg.preview and not trainer.fast_dev_run:
+            datamodule.setup("validate")
+            picture = save_preview(module, datamodule, output_dir / "preview.png")
+            summary["preview"] = str(picture) if picture else None
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -1,0 +1,164 @@
+"""The training app end to end on generated street scenes: configs, fit, resume, multirun, DDP."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import compose_config, read_summary, run_cli, tiny_overrides
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from cgnet.config import ConfigError
+from cgnet.module import SegmentationModule
+from cgnet.train import build_trainer, run, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("synthetic") / "cityscapes"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("CGNET_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"model={o}" for o in group_options("model")]
+    + [f"data={o}" for o in group_options("data")]
+    + [f"optimizer={o}" for o in group_options("optimizer")]
+    + [f"scheduler={o}" for o in group_options("scheduler")]
+    + [f"trainer={o}" for o in group_options("trainer")]
+    + [f"callbacks={o}" for o in group_options("callbacks")]
+    + [f"logger={o}" for o in group_options("logger")]
+    + [f"experiment={o}" for o in group_options("experiment")],
+)
+def test_every_config_composes_validates_and_instantiates(override: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [override, f"paths.log_dir={tmp_path}"], tmp_path / "run")
+    validate(cfg)
+    instantiate(cfg.data)
+    for group in ("callbacks", "logger"):
+        for node in (cfg.get(group) or {}).values():
+            if node:
+                instantiate(node)
+    if cfg.trainer.accelerator != "gpu":
+        assert build_trainer(cfg) is not None
+    SegmentationModule(19, model=OmegaConf.to_container(cfg.model)).configure_optimizers
+
+
+def test_hparams_search_composes(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["hparams_search=depth_ablation"], tmp_path)
+    assert cfg.hydra.sweeper.params["model.N"] == "9,15,21"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.M=0", "model: CGNet: M must be an integer >= 1"),
+        ("model.residual=both", "model.residual: expected"),
+        ("optimizer.lr=fast", "optimizer.lr: expected float"),
+        ("data.batch_size=2.5", "data.batch_size: expected int"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs: expected"),
+    ],
+)
+def test_bad_values_are_one_clear_error(override: str, message: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [override], tmp_path)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_fast_dev_run(data_root: Path, tmp_path: Path) -> None:
+    overrides = [*tiny_overrides(data_root, tmp_path), "trainer.fast_dev_run=true"]
+    summary = run(compose_config("train", overrides, tmp_path / "run"))
+    assert "val/mIoU" in summary["metrics"] and "train/loss_step" in summary["metrics"]
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_train_saves_checkpoints_and_resumes_at_the_saved_step(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = run(compose_config("train", tiny_overrides(data_root, tmp_path), run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert Path(first["checkpoint"]) == run_dir / "checkpoints" / "best.ckpt"
+    assert last.is_file() and (run_dir / "preview.png").is_file()
+    assert math.isfinite(first["val/mIoU_best"]) and 0 <= first["val/mIoU_best"] <= 1
+    steps_per_epoch = torch.load(last, weights_only=False)["global_step"]
+    assert steps_per_epoch == 2  # 8 images, batch 4, drop_last
+
+    more = [*tiny_overrides(data_root, tmp_path), "trainer.max_epochs=2", "ckpt_path=last"]
+    run(compose_config("train", more, run_dir))
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["global_step"] == 2 * steps_per_epoch
+    assert resumed["epoch"] == 1
+    sched = resumed["lr_schedulers"][0]
+    assert sched["last_epoch"] == 2 * steps_per_epoch  # poly schedule continued, not restarted
+
+    module = SegmentationModule.load_from_checkpoint(last)  # no Hydra needed
+    assert module.hparams.model["N"] == 2 and module.net.num_classes == 19
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(data_root: Path, tmp_path: Path) -> None:
+    overrides = [*tiny_overrides(data_root, tmp_path), "ckpt_path=last"]
+    with pytest.raises(ConfigError, match="no checkpoint at .*last.ckpt"):
+        run(compose_config("train", overrides, tmp_path / "run"))
+
+
+def test_cli_typo_exits_with_one_line(tmp_path: Path) -> None:
+    result = run_cli("cgnet.train", ["model.N=abc", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.N: expected int, got str 'abc'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_job_multirun_gets_two_folders(data_root: Path, tmp_path: Path) -> None:
+    args = ["-m", *tiny_overrides(data_root, tmp_path), "model.N=2,3", "preview=false"]
+    result = run_cli("cgnet.train", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"], result.stdout[-3000:] + result.stderr[-3000:]
+    for job, n in zip(jobs, (2, 3), strict=True):
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert OmegaConf.load(job / ".hydra" / "config.yaml").model.N == n
+        assert math.isfinite(read_summary(job)["val/mIoU_best"])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_score_like_one(data_root: Path, tmp_path: Path) -> None:
+    """Validation of one checkpoint with 2 gloo ranks equals 1 process: the confusion matrix syncs."""
+    base = tiny_overrides(data_root, tmp_path)
+    run(compose_config("train", base, tmp_path / "fit"))
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    scores = {}
+    for devices in (1, 2):
+        run_dir = tmp_path / f"validate{devices}"
+        args = [
+            *base,
+            "train=false",
+            f"ckpt_path={ckpt}",
+            f"trainer.devices={devices}",
+            f"trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+            f"hydra.run.dir={run_dir}",
+            "preview=false",
+        ]
+        result = run_cli("cgnet.train", args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[devices] = read_summary(run_dir)["metrics"]
+    assert scores[1]["val/mIoU"] == pytest.approx(scores[2]["val/mIoU"], abs=1e-6)
+    assert scores[1]["val/pixel_accuracy"] == pytest.approx(
+        scores[2]["val/pixel_accuracy"], abs=1e-6
+    )
