@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, read_summary, run_cli, tiny_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cgnet.config import ConfigError
 from cgnet.module import SegmentationModule
 from cgnet.train import build_trainer, run, validate
+from helpers import compose_config, read_summary, run_cli, tiny_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -54,7 +54,8 @@ def test_every_config_composes_validates_and_instantiates(override: str, tmp_pat
                 instantiate(node)
     if cfg.trainer.accelerator != "gpu":
         assert build_trainer(cfg) is not None
-    SegmentationModule(19, model=OmegaConf.to_container(cfg.model)).configure_optimizers
+    module = SegmentationModule(19, model=OmegaConf.to_container(cfg.model))
+    assert module.net.num_classes == 19
 
 
 def test_hparams_search_composes(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_train_saves_checkpoints_and_resumes_at_the_saved_step(
 
 def test_missing_resume_checkpoint_is_a_clear_error(data_root: Path, tmp_path: Path) -> None:
     overrides = [*tiny_overrides(data_root, tmp_path), "ckpt_path=last"]
-    with pytest.raises(ConfigError, match="no checkpoint at .*last.ckpt"):
+    with pytest.raises(ConfigError, match=r"no checkpoint at .*last\.ckpt"):
         run(compose_config("train", overrides, tmp_path / "run"))
 
 
@@ -133,7 +134,7 @@ def test_two_job_multirun_gets_two_folders(data_root: Path, tmp_path: Path) -> N
     assert [p.name for p in jobs] == ["0", "1"], result.stdout[-3000:] + result.stderr[-3000:]
     for job, n in zip(jobs, (2, 3), strict=True):
         assert (job / "checkpoints" / "last.ckpt").is_file()
-        assert OmegaConf.load(job / ".hydra" / "config.yaml").model.N == n
+        assert n == OmegaConf.load(job / ".hydra" / "config.yaml").model.N
         assert math.isfinite(read_summary(job)["val/mIoU_best"])
 
 
