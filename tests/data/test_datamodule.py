@@ -151,3 +151,15 @@ def test_cityscapes_config_defaults_follow_the_official_recipe() -> None:
     assert list(cfg.scale_range) == [0.5, 2.0] and cfg.flip and cfg.class_weights == "published"
     camvid = OmegaConf.load(CONF / "camvid.yaml")
     assert list(camvid.crop_size) == [360, 360] and camvid.class_weights == "computed"
+
+
+def test_list_files_replace_the_folder_scan(camvid_copy: Path) -> None:
+    chosen = sorted((camvid_copy / "val").glob("*.png"))[:2]
+    (camvid_copy / "camvid_val_list.txt").write_text(
+        "".join(f"val/{p.name} valannot/{p.name}\n" for p in chosen)
+    )
+    dm = CamVidDataModule(root=str(camvid_copy), val_list="camvid_val_list.txt", num_workers=0)
+    assert [s.id for s in dm.dataset("val").samples] == [p.stem for p in chosen]
+    dm = CamVidDataModule(root=str(camvid_copy), val_list="missing.txt", num_workers=0)
+    with pytest.raises(cgnet.data.DataError, match=r"list file .*missing\.txt does not exist"):
+        dm.dataset("val")

@@ -163,8 +163,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         root = self.resolve_root()
         split, list_file = self.splits[stage], self.list_files[stage]
         if list_file:
-            path = Path(list_file).expanduser()
-            scan = self.scan_list(root, path if path.is_absolute() else root / path, split)
+            scan = self.scan_list(root, _list_path(root, list_file), split)
         else:
             scan = self.scan_split(root, split)
         return scan.require()
@@ -272,6 +271,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         raise ValueError(
             f"{self.info.name} has no published class weights; use data.class_weights=computed"
         )
+
+
+def _list_path(root: Path, list_file: str) -> Path:
+    """A list file: absolute, or relative to the dataset root (where official ones live) or the cwd."""
+    path = Path(list_file).expanduser()
+    if path.is_absolute():
+        return path
+    for candidate in (root / path, Path.cwd() / path):
+        if candidate.is_file():
+            return candidate
+    return root / path
 
 
 def _check_pair(name: str, values: Sequence[float], positive: bool) -> None:

@@ -29,6 +29,9 @@ def seed_worker(worker_id: int) -> None:
     which case each worker's stream simply continues) derived from the global torch seed, so runs
     stay reproducible under `seed_everything`. `seed_everything` gives every DDP rank the same base
     seed, so the rank is mixed in as well.
+
+    It deliberately leaves cv2.setNumThreads alone: called in a forked worker after the parent has
+    used cv2's thread pool, it deadlocks (seen here with opencv 5.0).
     """
     seed = (torch.initial_seed() + RANK_STRIDE * process_rank()) % 2**63
     np.random.seed(seed % 2**32)
