@@ -19,6 +19,6 @@ def test_benchmark_reports_stages_and_loaders(tmp_path: Path) -> None:
         "collate",
         "end to end",
     }
-    assert results["images_per_s_one_process"] > 0
+    assert results["images_per_s_one_core"] > 0
     assert set(results["dataloader_images_per_s"]) == {"0", "1"}
     assert json.loads(out.read_text()) == results

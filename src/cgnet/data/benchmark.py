@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -55,41 +56,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds per call."""
-    times = []
+def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds per call (CPU time is robust to other load on the machine)."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def stage_times(
     datamodule: CityscapesDataModule, samples: int, batch_size: int
-) -> dict[str, float]:
-    """Milliseconds per image for each stage, in this process (= one worker)."""
+) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) milliseconds per image for each stage, in this process (= one worker)."""
     dataset = datamodule.dataset("train")
     sample, n = dataset.samples[0], len(dataset)
-    lut = dataset.luts[sample.label_format]
+    assert sample.label is not None and dataset.transform is not None
+    lut, label_path, transform = dataset.luts[sample.label_format], sample.label, dataset.transform
     image, mask = dataset.load(0)
-    repeats = max(samples // 4, 3)
-    transform = dataset.transform
-    assert transform is not None
-    items = [dataset[i % n] for i in range(batch_size)]
-    assert sample.label is not None
-    label_path = sample.label
     raw = read_label_raw(label_path)
-    ms = {
+    items = [dataset[i % n] for i in range(batch_size)]
+    repeats = max(samples // 4, 5)
+    stages = {
         "decode image": _time(lambda: read_image(sample.image), repeats),
         "decode label": _time(lambda: read_label_raw(label_path), repeats),
         "map + check ids": _time(lambda: map_label(raw, lut, label_path), repeats),
         "augment": _time(lambda: transform(image=image, mask=mask), samples),
-        "collate": _time(lambda: collate(items), repeats) / batch_size,
+        "collate": tuple(t / batch_size for t in _time(lambda: collate(items), repeats)),
     }
-    ms = {k: v * 1000 for k, v in ms.items()}
-    ms["end to end"] = _time(lambda: dataset[0], repeats) * 1000 + ms["collate"]
-    return ms
+    stages["end to end"] = tuple(
+        a + b for a, b in zip(_time(lambda: dataset[0], repeats), stages["collate"], strict=True)
+    )
+    return {k: (w * 1000, c * 1000) for k, (w, c) in stages.items()}
 
 
 def loader_throughput(
@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     console = Console()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # one core per worker; set before any fork (in a worker it can deadlock)
     cores = os.cpu_count() or 1
     workers = args.workers or list(range(1, cores + 1))
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,25 +152,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # Repeat the few files so every measurement reads `samples` images.
         dataset.samples = dataset.samples * max(1, -(-args.samples * 2 // len(dataset.samples)))
         loaders = {w: loader_throughput(dataset, w, args.samples, args.batch_size) for w in workers}
-    per_worker_ms = stages["end to end"]
+    wall_ms, cpu_ms = stages["end to end"]
     results: dict[str, Any] = {
         "input": f"{args.size[1]}x{args.size[0]} PNG",
         "crop": list(args.crop),
         "photometric": args.photometric,
         "cat_max_ratio": args.cat_max_ratio,
-        "stage_ms_per_image": {k: round(v, 2) for k, v in stages.items()},
-        "images_per_s_one_process": round(1000 / per_worker_ms, 2),
+        "stage_ms_per_image": {
+            k: {"wall": round(w, 2), "cpu": round(c, 2)} for k, (w, c) in stages.items()
+        },
+        "images_per_s_one_core": round(1000 / cpu_ms, 2),
+        "images_per_s_one_process_wall": round(1000 / wall_ms, 2),
         "dataloader_images_per_s": {str(w): round(v, 2) for w, v in loaders.items()},
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d"),
     }
     table = Table(title="training pipeline, per image")
-    table.add_column("stage")
-    table.add_column("ms", justify="right")
-    for stage, value in stages.items():
-        table.add_row(stage, f"{value:.1f}")
+    for column in ("stage", "wall ms", "CPU ms"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, (wall, cpu) in stages.items():
+        table.add_row(stage, f"{wall:.1f}", f"{cpu:.1f}")
     console.print(table)
-    console.print(f"one process: {1000 / per_worker_ms:.1f} images/s")
+    console.print(
+        f"one worker: {1000 / cpu_ms:.1f} images/s per core of CPU time "
+        f"({1000 / wall_ms:.1f} by the wall clock; load average {results['load_average'][0]})"
+    )
     loader_table = Table(
         title=f"DataLoader, batch {args.batch_size}, crop {args.crop[0]}x{args.crop[1]}"
     )
