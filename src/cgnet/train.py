@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from cgnet.callbacks import finish_wandb, log_run_info  # also registers the W&B name resolvers
 from cgnet.config import ConfigError, check_arguments, check_target_node, plain
 from cgnet.models import CGNet
 from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
@@ -136,6 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()  # before the Trainer, so DDP ranks started later find the data ready
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
+    log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -186,6 +188,8 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         console.print(f"[bold red]config error:[/] {err}")
         sys.exit(2)
+    finally:
+        finish_wandb()  # a multirun's jobs share this process: each job's W&B run ends with it
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         report(summary)
     return summary["val/mIoU_best"]
