@@ -119,24 +119,37 @@ class SegmentationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._batch_ids = list(batch.get("id", []))
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         if not torch.isfinite(loss):
-            ids = ", ".join(map(str, batch.get("id", [])[:8]))
-            message = (
-                f"non-finite training loss {loss.item()} at step {self.global_step} (batch: {ids})"
-            )
-            if self.hparams.on_nonfinite == "raise":
-                raise FloatingPointError(
-                    message + "; set model.on_nonfinite=skip to drop such batches"
-                )
-            self.print("skipping batch: " + message)
+            self._nonfinite(f"training loss {loss.item()}")
             return None
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still give inf/NaN gradients (fp16 overflow, a bad batch): never step on them."""
+        if self.trainer.precision == "16-mixed":
+            return  # fp16's GradScaler expects overflows and skips those steps itself
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            self._nonfinite("gradients")
+            optimizer.zero_grad(
+                set_to_none=False
+            )  # skip: a zero update (Adam's moments still decay)
+
+    def _nonfinite(self, what: str) -> None:
+        ids = ", ".join(map(str, getattr(self, "_batch_ids", [])[:8])) or "unknown"
+        message = f"non-finite {what} at step {self.global_step} (batch: {ids})"
+        if self.hparams.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"{message}; set module.on_nonfinite=skip to drop such batches"
+            )
+        self.print(f"skipping: {message}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch["image"])

@@ -85,10 +85,32 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     trainer_cfg = plain(cfg.trainer)
     if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
-        trainer_cfg["sync_batchnorm"] = (
-            False  # SyncBatchNorm runs on GPUs only; CPU DDP keeps local BN
+        trainer_cfg["sync_batchnorm"] = False  # SyncBatchNorm needs GPUs; CPU DDP keeps local BN
+    check_devices(trainer_cfg)
+    try:
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    except Exception as err:  # Lightning's MisconfigurationException, wrapped by Hydra
+        cause = err.__cause__ or err
+        raise ConfigError(f"trainer: {cause}") from None
+
+
+def check_devices(trainer_cfg: dict[str, Any]) -> None:
+    """`trainer.devices` beyond what this machine has: say so before anything heavy starts."""
+    devices, accelerator = trainer_cfg.get("devices"), trainer_cfg.get("accelerator")
+    if not isinstance(devices, int) or devices < 1:
+        return
+    gpus = torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda") and devices > gpus:
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {gpus} GPU(s): "
+            f"use trainer.devices={max(gpus, 1)}{'' if gpus else ' trainer.accelerator=cpu'}"
         )
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    cpus = os.cpu_count() or 1
+    if (accelerator == "cpu" or (accelerator == "auto" and not gpus)) and devices > cpus:
+        raise ConfigError(
+            f"trainer.devices={devices} CPU processes but this machine has {cpus} cores: "
+            f"use trainer.devices<={cpus}"
+        )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -104,6 +126,21 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         )
         raise ConfigError(f"ckpt_path: no checkpoint at {path}{hint}")
     return str(path)
+
+
+def check_checkpoint_classes(ckpt_path: str | None, module: SegmentationModule) -> None:
+    """Resuming a checkpoint trained for other classes than the data has would fail deep in Lightning."""
+    if ckpt_path is None:
+        return
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False).get(
+        "hyper_parameters", {}
+    )
+    saved = hparams.get("num_classes")
+    if saved is not None and saved != module.net.num_classes:
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path} was trained for {saved} classes but data has "
+            f"{module.net.num_classes}: choose the matching data config"
+        )
 
 
 def save_preview(
@@ -133,10 +170,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg)  # cheap, and fails early on devices the machine lacks
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()  # before the Trainer, so DDP ranks started later find the data ready
+    datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    check_checkpoint_classes(ckpt_path, module)
     log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
     if cfg.train:
