@@ -24,6 +24,7 @@ TINY = [
     "train_throughput.steps=1",
     "train_throughput.warmup=0",
     "device=cpu",
+    "isolate=false",
 ]
 
 
@@ -59,7 +60,7 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
             assert row["latency_unsynced_ms"] is None  # CPU calls are synchronous
         assert rows[("eager", size)]["speedup_over_eager"] == 1.0
     training = result["training"]
-    assert [r["setting"] for r in training] == ["plain eager", "project default"]
+    assert [r["setting"] for r in training] == ["plain eager", "project settings"]
     assert training[0]["channels_last"] is False and training[1]["channels_last"] is True
     assert all(r["images_per_s"] > 0 for r in training)
     assert len(render(result)) == 2
@@ -76,3 +77,19 @@ def test_latency_stats() -> None:
     assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 5.0
     assert stats["q1"] <= stats["median"] <= stats["q3"]
     assert Latency.stats([]) == {}
+
+
+def test_isolated_workers_give_the_same_outputs() -> None:
+    # each variant in its own spawned process, as the command runs by default
+    cfg = compose_benchmark(
+        *TINY,
+        "isolate=true",
+        "variants=[fast]",
+        "sizes=[[40,56]]",
+        "train_throughput.enabled=false",
+    )
+    result = run(cfg)
+    assert result["isolated_processes"] is True and "training" not in result
+    fast = next(r for r in result["inference"] if r["variant"] == "fast")
+    assert fast["max_abs_diff"] <= 1e-4 and fast["argmax_agreement"] >= 0.9999
+    assert fast["peak_memory_mib"] is None or fast["peak_memory_mib"] >= 0

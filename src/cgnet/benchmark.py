@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -47,7 +48,6 @@ from cgnet.models.summary import summarize
 # Piped output would get rich's 80-column default and squeezed columns; give the tables room.
 console = Console(width=None if sys.stdout.isatty() else 180)
 
-CPU_VARIANTS = ("eager", "fast", "compile", "onnxruntime")
 GPU_ONLY_VARIANTS = ("cuda_graphs", "compile_cuda_graphs", "bf16")
 Forward = Callable[[Tensor], Tensor]
 
@@ -145,35 +145,6 @@ class Latency:
         }
 
 
-def time_round_robin(
-    forwards: dict[str, Forward],
-    x: Tensor,
-    *,
-    warmup: int,
-    repeats: int,
-    device: torch.device,
-) -> dict[str, Latency]:
-    """Warm every variant up, then time ``repeats`` rounds, each calling every variant once."""
-    timings = {name: Latency() for name in forwards}
-    with torch.inference_mode():
-        for fn in forwards.values():
-            for _ in range(warmup):
-                fn(x)
-            synchronize(device)
-        for _ in range(repeats):
-            for name, fn in forwards.items():
-                synchronize(device)
-                start = time.perf_counter()
-                fn(x)
-                returned = time.perf_counter()
-                synchronize(device)
-                done = time.perf_counter()
-                timings[name].synced_ms.append((done - start) * 1e3)
-                if device.type == "cuda":
-                    timings[name].unsynced_ms.append((returned - start) * 1e3)
-    return timings
-
-
 def compare(output: Tensor, reference: Tensor) -> dict[str, float]:
     """Max |logit difference| and argmax agreement of a variant against eager."""
     output, reference = output.float(), reference.float()
@@ -186,8 +157,24 @@ def compare(output: Tensor, reference: Tensor) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Variants
+# Variants and the jobs that run them
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How every worker builds the same network: from a checkpoint, or seeded random init."""
+
+    num_classes: int
+    model: dict[str, Any]
+    ckpt_path: str | None = None
+    seed: int = 0
+
+    def build(self) -> CGNet:
+        if self.ckpt_path:
+            return load_network(self.ckpt_path, self.num_classes, self.model).net.eval()
+        torch.manual_seed(self.seed)
+        return CGNet(self.num_classes, **self.model).eval()
 
 
 class OnnxRuntimeForward:
@@ -198,7 +185,7 @@ class OnnxRuntimeForward:
 
         from cgnet.export import INPUT_NAME, deployable, export_onnx
 
-        path = export_onnx(deployable(net), workdir / "cgnet.onnx")
+        path = export_onnx(deployable(net), workdir / f"cgnet-{os.getpid()}.onnx")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
@@ -218,30 +205,211 @@ class OnnxRuntimeForward:
         return torch.from_numpy(out).to(self.device)
 
 
+VARIANT_HELP = {
+    "eager": "the CGNet module as trained, NCHW, glibc's default allocator",
+    "eager_reuse": "eager + cgnet.inference.reuse_cpu_memory (isolates the allocator's share)",
+    "folded": "BatchNorms folded, NCHW (isolates the folding's share)",
+    "fast": "cgnet.inference.optimize(net): folded + channels_last + heap reuse",
+    "compile": "optimize(net, compile=True): the fast path through torch.compile (freezing)",
+    "onnxruntime": "the folded network exported to ONNX, run by onnxruntime",
+    "cuda_graphs": "optimize(net, cuda_graphs=True) (GPU)",
+    "compile_cuda_graphs": "optimize(net, compile=True, cuda_graphs=True) (GPU)",
+    "bf16": "optimize(net, bf16=True): bfloat16 autocast (GPU)",
+}
+
+
 def build_variant(name: str, net: CGNet, device: torch.device, workdir: Path) -> Forward:
     """One inference variant of ``net`` as a callable (normalised float NCHW -> logits)."""
+    if name not in VARIANT_HELP:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANT_HELP)}")
     if name in GPU_ONLY_VARIANTS and device.type != "cuda":
         raise ValueError(f"variant {name!r} needs a CUDA device")
-    if name == "eager":
+    if name in ("eager", "eager_reuse"):
+        if name == "eager_reuse" and device.type == "cpu":
+            reuse_cpu_memory()
         return net.to(device).eval()
-    if name == "fast":
-        return optimize(net, device=device)
-    if name == "compile":
-        return optimize(net, device=device, compile=True)
-    if name == "cuda_graphs":
-        return optimize(net, device=device, cuda_graphs=True)
-    if name == "compile_cuda_graphs":
-        return optimize(net, device=device, compile=True, cuda_graphs=True)
-    if name == "bf16":
-        return optimize(net, device=device, bf16=True)
+    if name == "folded":
+        return optimize(net, device=device, channels_last=False)
     if name == "onnxruntime":
         return OnnxRuntimeForward(net, device, workdir)
-    known = (*CPU_VARIANTS, *GPU_ONLY_VARIANTS)
-    raise ValueError(f"unknown variant {name!r}; known: {', '.join(known)}")
+    return optimize(
+        net,
+        device=device,
+        compile=name in ("compile", "compile_cuda_graphs"),
+        cuda_graphs=name in ("cuda_graphs", "compile_cuda_graphs"),
+        bf16=name == "bf16",
+    )
+
+
+class InferenceJob:
+    """One variant's side of the benchmark: prepares an input size, then times single calls."""
+
+    def __init__(self, spec: ModelSpec, variant: str, device: str, workdir: str) -> None:
+        self.device = torch.device(device)
+        self.fn = build_variant(variant, spec.build(), self.device, Path(workdir))
+        self.workdir = Path(workdir)
+        self.variant = variant
+        self.x: Tensor | None = None
+
+    def prepare(
+        self, size: Sequence[int], batch: int, seed: int, input_scale: float, warmup: int
+    ) -> dict[str, Any]:
+        """First call (compiles, plans, allocates), one call under the memory probe, warm-up; the
+        output goes to a file so the parent can compare variants without holding them all."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, 3, int(size[0]), int(size[1]), generator=gen) * input_scale
+        self.x = x.to(self.device)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            self.fn(self.x)
+            synchronize(self.device)
+            first_s = time.perf_counter() - start
+            with peak_memory(self.device) as memory:
+                out = self.fn(self.x)
+            path = self.workdir / f"{self.variant}-{size[0]}x{size[1]}.pt"
+            torch.save(out.float().cpu().contiguous(), path)
+            del out
+            for _ in range(warmup):
+                self.fn(self.x)
+            synchronize(self.device)
+        return {"first_call_s": first_s, "peak_memory_mib": memory["peak_mib"], "output": str(path)}
+
+    def call(self) -> tuple[float, float | None]:
+        """One timed call: milliseconds with and (CUDA only) without device synchronisation."""
+        assert self.x is not None, "prepare() first"
+        with torch.inference_mode():
+            synchronize(self.device)
+            start = time.perf_counter()
+            self.fn(self.x)
+            returned = time.perf_counter()
+            synchronize(self.device)
+            done = time.perf_counter()
+        unsynced = (returned - start) * 1e3 if self.device.type == "cuda" else None
+        return (done - start) * 1e3, unsynced
+
+
+class TrainJob:
+    """Full training steps (normalise, forward, CE loss, backward, Adam) at one setting.
+
+    The step is the one :class:`cgnet.module.SegmentationModule` runs, without Lightning's loop, so
+    the figure is the network's and the optimiser's, not the logger's.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        *,
+        batch: int,
+        crop: Sequence[int],
+        channels_last: bool,
+        compile: bool,
+        reuse_memory: bool,
+    ) -> None:
+        self.device = torch.device(device)
+        if reuse_memory and self.device.type == "cpu":
+            reuse_cpu_memory()
+        torch.manual_seed(spec.seed)
+        net = CGNet(spec.num_classes, **spec.model).to(self.device).train()
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        net = net.to(memory_format=self.fmt)
+        self.forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=5e-4)
+        self.mean = torch.tensor([72.39, 82.91, 73.16], device=self.device).view(1, 3, 1, 1)
+        gen = torch.Generator().manual_seed(spec.seed)
+        height, width = (int(v) for v in crop)
+        images = torch.randint(0, 256, (batch, 3, height, width), generator=gen, dtype=torch.uint8)
+        masks = torch.randint(0, spec.num_classes, (batch, height, width), generator=gen)
+        masks[:, :8] = 255  # some ignored pixels, as real labels have
+        self.images, self.masks = images.to(self.device), masks.to(self.device)
+
+    def step(self) -> float:
+        """One timed training step in milliseconds."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        x = (self.images.float() - self.mean).contiguous(memory_format=self.fmt)
+        loss = F.cross_entropy(self.forward(x), self.masks, ignore_index=255)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        synchronize(self.device)
+        return (time.perf_counter() - start) * 1e3
+
+
+def _serve(conn: Any, kind: str, kwargs: dict[str, Any], threads: int | None) -> None:
+    """Worker process: build the job, then answer (method, args) requests until told to stop."""
+    torch.set_flush_denormal(True)  # before any torch op, so the thread pool inherits it
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        job: Any = InferenceJob(**kwargs) if kind == "inference" else TrainJob(**kwargs)
+    except Exception as err:
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    conn.send(("ok", None))
+    while True:
+        method, args = conn.recv()
+        if method == "stop":
+            return
+        try:
+            conn.send(("ok", getattr(job, method)(*args)))
+        except Exception as err:
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class Worker:
+    """A job in its own process (``isolate=True``) or in this one, behind the same interface.
+
+    Own processes keep process-wide settings (heap reuse, compiled code, onnxruntime's arena) from
+    flattering or penalising the other variants, and make peak memory a per-variant figure.
+    """
+
+    def __init__(
+        self, kind: str, kwargs: dict[str, Any], *, isolate: bool, threads: int | None
+    ) -> None:
+        self.process: Any = None
+        self.job: Any = None
+        if not isolate:
+            if threads:
+                torch.set_num_threads(threads)
+            self.job = InferenceJob(**kwargs) if kind == "inference" else TrainJob(**kwargs)
+            return
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child, kind, kwargs, threads), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self._answer()
+
+    def _answer(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError("benchmark worker died (out of memory?)") from None
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def request(self, method: str, *args: Any) -> Any:
+        if self.job is not None:
+            return getattr(self.job, method)(*args)
+        self.conn.send((method, args))
+        return self._answer()
+
+    def close(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.conn.send(("stop", ()))
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.terminate()
+        self.job = None
 
 
 def benchmark_inference(
-    net: CGNet,
+    spec: ModelSpec,
     *,
     sizes: Sequence[Sequence[int]],
     batch: int,
@@ -249,132 +417,116 @@ def benchmark_inference(
     device: torch.device,
     warmup: int,
     repeats: int,
-    seed: int = 0,
     input_scale: float = 1.0,
+    isolate: bool = True,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every variant at every size: latency, fps, peak memory, setup time, agreement with eager.
+    """Every variant at every size: latency, fps, peak memory, first-call time, agreement with eager.
 
     Inputs are ``input_scale`` times a standard normal: 50 for trained weights (the spread of RGB
     minus the mean, which they were trained on), 1 for a random initialisation (unit-variance init).
     """
-    if "eager" not in variants:
-        variants = ["eager", *variants]
+    variants = list(dict.fromkeys(["eager", *variants]))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cgnet-bench-") as tmp:
-        forwards: dict[str, Forward] = {}
+        workers: dict[str, Worker] = {}
         skipped: dict[str, str] = {}
-        for name in variants:
-            try:
-                forwards[name] = build_variant(name, net, device, Path(tmp))
-            except (ImportError, RuntimeError, ValueError) as err:
-                skipped[name] = str(err)
-        for size in sizes:
-            height, width = (int(v) for v in size)
-            gen = torch.Generator().manual_seed(seed)
-            x = (torch.randn(batch, 3, height, width, generator=gen) * input_scale).to(device)
-            first: dict[str, dict[str, Any]] = {}
-            outputs: dict[str, Tensor] = {}
-            for name, fn in forwards.items():
-                with torch.inference_mode():
-                    start = time.perf_counter()
-                    out = fn(x)  # first call: compiles / plans / allocates
-                    synchronize(device)
-                    first_s = time.perf_counter() - start
-                    with peak_memory(device) as memory:
-                        out = fn(x)
-                outputs[name] = out.float().cpu()
-                first[name] = {"first_call_s": first_s, "peak_memory_mib": memory["peak_mib"]}
-                del out
-            timings = time_round_robin(forwards, x, warmup=warmup, repeats=repeats, device=device)
-            eager_median = Latency.stats(timings["eager"].synced_ms)["median"]
-            for name in forwards:
-                synced = Latency.stats(timings[name].synced_ms)
-                row = {
-                    "variant": name,
-                    "size": [height, width],
-                    "batch": batch,
-                    "latency_ms": synced,
-                    "latency_unsynced_ms": Latency.stats(timings[name].unsynced_ms) or None,
-                    "fps": batch * 1e3 / synced["median"],
-                    "ratio_over_eager": synced["median"] / eager_median,
-                    "speedup_over_eager": eager_median / synced["median"],
-                    **first[name],
-                    **compare(outputs[name], outputs["eager"]),
-                }
-                rows.append(row)
-            for name, reason in skipped.items():
-                rows.append({"variant": name, "size": [height, width], "skipped": reason})
-            outputs.clear()
+        try:
+            for name in variants:
+                kwargs = {"spec": spec, "variant": name, "device": str(device), "workdir": tmp}
+                try:
+                    workers[name] = Worker("inference", kwargs, isolate=isolate, threads=threads)
+                except (ImportError, RuntimeError, ValueError) as err:
+                    if name == "eager":
+                        raise
+                    skipped[name] = str(err)
+            for size in sizes:
+                height, width = (int(v) for v in size)
+                args = ([height, width], batch, spec.seed, input_scale, warmup)
+                prepared = {name: w.request("prepare", *args) for name, w in workers.items()}
+                timings = {name: Latency() for name in workers}
+                for _ in range(repeats):  # round-robin: background load hits every variant alike
+                    for name, worker in workers.items():
+                        synced, unsynced = worker.request("call")
+                        timings[name].synced_ms.append(synced)
+                        if unsynced is not None:
+                            timings[name].unsynced_ms.append(unsynced)
+                reference = torch.load(prepared["eager"]["output"])
+                eager_median = Latency.stats(timings["eager"].synced_ms)["median"]
+                for name in workers:
+                    synced_stats = Latency.stats(timings[name].synced_ms)
+                    info = dict(prepared[name])
+                    output = torch.load(info.pop("output"))
+                    rows.append(
+                        {
+                            "variant": name,
+                            "size": [height, width],
+                            "batch": batch,
+                            "latency_ms": synced_stats,
+                            "latency_unsynced_ms": Latency.stats(timings[name].unsynced_ms) or None,
+                            "fps": batch * 1e3 / synced_stats["median"],
+                            "ratio_over_eager": synced_stats["median"] / eager_median,
+                            "speedup_over_eager": eager_median / synced_stats["median"],
+                            **info,
+                            **compare(output, reference),
+                        }
+                    )
+                    del output
+                for name, reason in skipped.items():
+                    rows.append({"variant": name, "size": [height, width], "skipped": reason})
+        finally:
+            for worker in workers.values():
+                worker.close()
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# Training throughput
-# --------------------------------------------------------------------------------------------------
-
-
-def train_throughput(
-    model_kwargs: dict[str, Any],
-    num_classes: int,
+def benchmark_training(
+    spec: ModelSpec,
     *,
     device: torch.device,
     batch: int,
     crop: Sequence[int],
     steps: int,
     warmup: int,
-    channels_last: bool,
-    compile: bool,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Images per second of full training steps (normalise, forward, CE loss, backward, Adam).
-
-    The step is the one :class:`cgnet.module.SegmentationModule` runs, without Lightning's loop, so
-    the figure is the network's and the optimiser's, not the logger's.
-    """
-    torch.manual_seed(seed)
-    net = CGNet(num_classes, **model_kwargs).to(device).train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=5e-4)
-    mean = torch.tensor([72.39, 82.91, 73.16], device=device).view(1, 3, 1, 1)
-    gen = torch.Generator().manual_seed(seed)
-    height, width = (int(v) for v in crop)
-    images = torch.randint(0, 256, (batch, 3, height, width), generator=gen, dtype=torch.uint8)
-    masks = torch.randint(0, num_classes, (batch, height, width), generator=gen)
-    masks[:, :8] = 255  # some ignored pixels, as real labels have
-    images, masks = images.to(device), masks.to(device)
-
-    def step() -> None:
-        x = (images.float() - mean).contiguous(memory_format=fmt)
-        loss = F.cross_entropy(forward(x), masks, ignore_index=255)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    first_s = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {
-        "channels_last": channels_last,
-        "compile": compile,
-        "batch": batch,
-        "crop": [height, width],
-        "step_ms": Latency.stats([t * 1e3 for t in times]),
-        "images_per_s": batch / median,
-        "first_step_s": first_s,
-    }
+    settings: dict[str, dict[str, bool]],
+    isolate: bool = True,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Images per second of each training-step setting, steps timed round-robin."""
+    workers: dict[str, Worker] = {}
+    rows = []
+    try:
+        for name, setting in settings.items():
+            kwargs = {"spec": spec, "device": str(device), "batch": batch, "crop": list(crop)}
+            workers[name] = Worker("train", {**kwargs, **setting}, isolate=isolate, threads=threads)
+        first = {name: w.request("step") / 1e3 for name, w in workers.items()}
+        for worker in workers.values():
+            for _ in range(warmup):
+                worker.request("step")
+        times: dict[str, list[float]] = {name: [] for name in workers}
+        for _ in range(steps):
+            for name, worker in workers.items():
+                times[name].append(worker.request("step"))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for name, setting in settings.items():
+        stats = Latency.stats(times[name])
+        rows.append(
+            {
+                "setting": name,
+                **setting,
+                "batch": batch,
+                "crop": [int(v) for v in crop],
+                "step_ms": stats,
+                "images_per_s": batch * 1e3 / stats["median"],
+                "first_step_s": first[name],
+            }
+        )
+    base = rows[0]["images_per_s"]
+    for row in rows:
+        row["speedup_over_eager"] = row["images_per_s"] / base
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,34 +557,28 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def load_model(cfg: DictConfig) -> tuple[CGNet, str]:
-    """The configured network: from ``ckpt_path`` (any format) or randomly initialised."""
+def model_spec(cfg: DictConfig) -> tuple[ModelSpec, CGNet, str]:
+    """The configured network (checked here, once, with clear errors) and how workers rebuild it."""
     model_kwargs = plain(cfg.model)
     check_arguments(model_kwargs, CGNet, "model", skip=("num_classes",))
-    if cfg.get("ckpt_path"):
+    spec = ModelSpec(int(cfg.num_classes), model_kwargs, cfg.get("ckpt_path"), int(cfg.seed))
+    if spec.ckpt_path:
         try:
-            loaded = load_network(cfg.ckpt_path, int(cfg.num_classes), model_kwargs)
+            loaded = load_network(spec.ckpt_path, spec.num_classes, model_kwargs)
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(str(err)) from None
-        return loaded.net.eval(), f"{loaded.format} weights from {loaded.source}"
-    torch.manual_seed(int(cfg.seed))
-    return CGNet(int(cfg.num_classes), **model_kwargs).eval(), "random initialisation"
+        return spec, loaded.net, f"{loaded.format} weights from {loaded.source}"
+    return spec, spec.build(), "random initialisation"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The whole benchmark as one JSON-able dict."""
     device = pick_device(str(cfg.device))
-    known = (*CPU_VARIANTS, *GPU_ONLY_VARIANTS)
-    unknown = [v for v in cfg.variants if v not in known]
+    unknown = [v for v in cfg.variants if v not in VARIANT_HELP]
     if unknown:
-        raise ConfigError(f"variants: unknown {unknown}; known: {', '.join(known)}")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    if device.type == "cpu" and cfg.reuse_memory:
-        reuse_cpu_memory()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    net, source = load_model(cfg)
+        raise ConfigError(f"variants: unknown {unknown}; known: {', '.join(VARIANT_HELP)}")
+    threads = int(cfg.threads) if cfg.get("threads") else None
+    spec, net, source = model_spec(cfg)
     sizes = [[int(v) for v in size] for size in cfg.sizes]
     summaries = {f"{h}x{w}": summarize(net, (h, w), int(cfg.batch)) for h, w in sizes}
     result: dict[str, Any] = {
@@ -440,7 +586,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "command": " ".join(["python -m cgnet.benchmark", *sys.argv[1:]]),
         "machine": machine(),
         "device": str(device),
-        "reuse_memory": bool(cfg.reuse_memory) and device.type == "cpu",
+        "isolated_processes": bool(cfg.isolate),
+        "variants": {name: VARIANT_HELP[name] for name in dict.fromkeys(["eager", *cfg.variants])},
         "model": {
             "source": source,
             "num_classes": net.num_classes,
@@ -450,48 +597,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "multiply_adds": {k: s.total_macs for k, s in summaries.items()},
         },
         "inference": benchmark_inference(
-            net,
+            spec,
             sizes=sizes,
             batch=int(cfg.batch),
             variants=list(cfg.variants),
             device=device,
             warmup=int(cfg.warmup),
             repeats=int(cfg.repeats),
-            seed=int(cfg.seed),
-            input_scale=50.0 if cfg.get("ckpt_path") else 1.0,
+            input_scale=50.0 if spec.ckpt_path else 1.0,
+            isolate=bool(cfg.isolate),
+            threads=threads,
         ),
     }
     tt = cfg.get("train_throughput")
     if tt and tt.get("enabled", True):
-        common = {
-            "device": device,
-            "batch": int(tt.batch),
-            "crop": list(tt.crop),
-            "steps": int(tt.steps),
-            "warmup": int(tt.warmup),
+        plain_eager = {"channels_last": False, "compile": False, "reuse_memory": False}
+        project = {
+            "channels_last": bool(tt.channels_last),
+            "compile": bool(tt.compile),
+            "reuse_memory": bool(tt.reuse_memory),
         }
-        kwargs = plain(cfg.model)
-        result["training"] = [
-            {
-                "setting": "plain eager",
-                **train_throughput(
-                    kwargs, net.num_classes, channels_last=False, compile=False, **common
-                ),
-            },
-            {
-                "setting": "project default",
-                **train_throughput(
-                    kwargs,
-                    net.num_classes,
-                    channels_last=bool(tt.channels_last),
-                    compile=bool(tt.compile),
-                    **common,
-                ),
-            },
-        ]
-        base = result["training"][0]["images_per_s"]
-        for row in result["training"]:
-            row["speedup_over_eager"] = row["images_per_s"] / base
+        result["training"] = benchmark_training(
+            spec,
+            device=device,
+            batch=int(tt.batch),
+            crop=[int(v) for v in tt.crop],
+            steps=int(tt.steps),
+            warmup=int(tt.warmup),
+            settings={"plain eager": plain_eager, "project settings": project},
+            isolate=bool(cfg.isolate),
+            threads=threads,
+        )
     return result
 
 
@@ -517,7 +653,7 @@ def render(result: dict[str, Any]) -> list[Table]:
     for row in result["inference"]:
         key = f"{row['size'][0]}x{row['size'][1]}"
         if "skipped" in row:
-            table.add_row(key, row["variant"], *(["-"] * 4), f"skipped: {row['skipped'][:60]}")
+            table.add_row(key, f"{row['variant']} (skipped: {row['skipped'][:70]})")
             continue
         lat = row["latency_ms"]
         cells = [
@@ -543,7 +679,8 @@ def render(result: dict[str, Any]) -> list[Table]:
     tables = [table]
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
-        for column in ("setting", "channels_last", "compile", "batch x crop", "median ms/step"):
+        columns = ("setting", "channels_last", "compile", "reuse_memory", "batch x crop", "ms/step")
+        for column in columns:
             train.add_column(column)
         train.add_column("images/s", justify="right")
         train.add_column("x eager", justify="right")
@@ -552,6 +689,7 @@ def render(result: dict[str, Any]) -> list[Table]:
                 row["setting"],
                 str(row["channels_last"]),
                 str(row["compile"]),
+                str(row["reuse_memory"]),
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]}",
                 f"{row['step_ms']['median']:.0f}",
                 f"{row['images_per_s']:.2f}",

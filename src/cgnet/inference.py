@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,10 @@ class FoldedConv(nn.Module):
         self.register_buffer("weight", weight.float().contiguous())
         self.register_buffer("bias", bias.float().contiguous())
         self.register_buffer("slope", slope)
+        # Depthwise 3x3 weights as [9, C], contiguous per tap, for depthwise_taps.
+        depthwise = groups == weight.shape[0] and weight.shape[1:] == (1, 3, 3)
+        taps = weight.float().reshape(-1, 9).t().contiguous() if depthwise else None
+        self.register_buffer("taps", taps)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = activation
 
@@ -130,12 +134,11 @@ class FoldedConv(nn.Module):
         d = self.dilation
         h, w = x.shape[-2:]
         padded = F.pad(x, (d, d, d, d))
-        weight = self.weight.view(1, -1, 9, 1, 1)
         out = self.bias.view(1, -1, 1, 1)
         for k in range(9):
             i, j = divmod(k, 3)
             tap = padded[:, :, i * d : i * d + h, j * d : j * d + w]
-            out = out + tap * weight[:, :, k]
+            out = out + tap * self.taps[k].view(1, -1, 1, 1)
         return out
 
 
@@ -323,12 +326,19 @@ def optimize(
     net = net.to(memory_format=fmt)
     runner: nn.Module = _Runner(net, channels_last=channels_last, bf16=bf16)
     if compile:
-        runner = torch.compile(runner)  # type: ignore[assignment]
+        if device.type == "cuda":
+            # reduce-overhead = inductor kernels replayed as CUDA graphs
+            mode = "reduce-overhead" if cuda_graphs else None
+            return torch.compile(runner, mode=mode, dynamic=False)  # type: ignore[return-value]
+        # freezing: weights become constants, so inductor can prepack them for oneDNN
+        return torch.compile(runner, dynamic=False, options={"freezing": True})  # type: ignore[return-value]
+    if cuda_graphs:
+        return _CudaGraphs(runner)
     return runner
 
 
 class _Runner(nn.Module):
-    """Puts the input in the chosen memory format and runs without autograd."""
+    """Puts the input in the chosen memory format and, for bf16, runs under autocast."""
 
     def __init__(self, net: FastCGNet, *, channels_last: bool, bf16: bool) -> None:
         super().__init__()
@@ -344,6 +354,41 @@ class _Runner(nn.Module):
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return self.net(x).float()
         return self.net(x)
+
+
+class _CudaGraphs(nn.Module):
+    """Captures one CUDA graph per input shape and replays it: a whole forward becomes one launch.
+
+    Each shape keeps its graph, input and output buffers alive; the returned logits are a copy, so a
+    later call does not overwrite them.
+    """
+
+    def __init__(self, inner: nn.Module, warmup: int = 3) -> None:
+        super().__init__()
+        self.inner = inner
+        self.warmup = warmup
+        self.num_classes = getattr(inner, "num_classes", None)
+        self._graphs: dict[tuple[Any, ...], tuple[Any, Tensor, Tensor]] = {}
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        key = (tuple(x.shape), x.dtype, x.device)
+        if key not in self._graphs:
+            static_in = x.clone()
+            stream = torch.cuda.Stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):  # cuDNN autotuning and lazy init stay out of the graph
+                    self.inner(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.inner(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
 
 
 # --------------------------------------------------------------------------------------------------
