@@ -1,0 +1,120 @@
+"""`python -m cgnet.report`: rows, swept overrides, costs, latency and the files, on real sweep folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cgnet.models import CGNet
+from cgnet.models.summary import summarize
+from cgnet.report import build_report, main, split_overrides
+from helpers import compose_config, read_summary, run_cli, tiny_overrides
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def fake_job(sweep: Path, num: int, overrides: list[str], summary: dict | None) -> Path:
+    """A job folder as Hydra + cgnet.train leave it (.hydra/config.yaml, overrides.yaml, summary.json)."""
+    job = sweep / str(num)
+    cfg = compose_config("train", overrides, job)
+    (job / ".hydra").mkdir(parents=True)
+    cfg_no_hydra = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.save(cfg_no_hydra, job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    if summary is not None:
+        (job / "summary.json").write_text(json.dumps(summary))
+    return job
+
+
+def test_report_rows_costs_and_files(tmp_path: Path) -> None:
+    sweep = tmp_path / "2026-01-01_00-00-00_abcdef"
+    common = ["data.batch_size=4", "trainer.max_epochs=1"]
+    fake_job(
+        sweep,
+        0,
+        [*common, "model.M=2", "model.N=3"],
+        {"val/mIoU_best": 0.40, "metrics": {"val/mIoU": 0.35}},
+    )
+    job1 = fake_job(sweep, 1, [*common, "model.M=2", "model.N=6"], {"val/mIoU_best": 0.50})
+    fake_job(sweep, 2, [*common, "model.M=3", "model.N=6"], None)  # failed: no summary.json
+    bench = {"inference": [{"variant": "fast", "size": [128, 256], "latency_ms": {"median": 12.5}}]}
+    (job1 / "benchmark.json").write_text(json.dumps(bench))
+
+    results, files = build_report(sweep, size=(128, 256))
+
+    assert [r.job for r in results] == ["0", "1", "2"]
+    rows = read_csv(files["csv"])
+    assert [row["overrides"] for row in rows] == [
+        "model.M=2 model.N=3",
+        "model.M=2 model.N=6",
+        "model.M=3 model.N=6",
+    ]
+    assert [row["model.N"] for row in rows] == ["3", "6", "6"]
+    expected = summarize(CGNet(19, M=2, N=6), (128, 256))
+    assert int(rows[1]["params"]) == expected.total_params
+    assert int(rows[1]["macs"]) == expected.total_macs
+    assert int(rows[0]["params"]) < int(rows[1]["params"]) < int(rows[2]["params"])
+    assert float(rows[0]["val_miou_best"]) == pytest.approx(0.40)
+    assert float(rows[0]["val_miou_last"]) == pytest.approx(0.35)
+    assert rows[1]["latency_ms"] == "12.500" and rows[1]["latency_source"] == "recorded"
+    assert rows[2]["val_miou_best"] == "" and "failed" in rows[2]["status"]
+
+    page = files["md"].read_text()
+    assert "| **1** | **`model.M=2` `model.N=6`**" in page  # the best job in bold
+    assert "`data.batch_size=4`" in page and "multiply-adds counted at 128x256" in page
+    assert "![best val mIoU" in page and files["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_overrides_finds_what_varies() -> None:
+    from cgnet.report import JobResult
+
+    jobs = [
+        JobResult("0", Path("0"), ["a=1", "model.N=3", "seed=0"]),
+        JobResult("1", Path("1"), ["a=1", "model.N=6", "seed=0"]),
+        JobResult("2", Path("2"), ["a=1", "model.N=6", "seed=1", "+extra=x"]),
+    ]
+    swept, common = split_overrides(jobs)
+    assert swept == ["model.N", "seed", "+extra"]
+    assert common == ["a=1"]
+
+
+def test_cli_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
+    assert main([str(tmp_path)]) == 2
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_report_on_a_real_two_job_multirun(tmp_path: Path) -> None:
+    data_root = tmp_path / "data" / "cityscapes"
+    args = ["-m", *tiny_overrides(data_root, tmp_path), "model.N=2,3", "preview=false"]
+    result = run_cli("cgnet.train", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+
+    out = tmp_path / "report"
+    args = [str(sweep), "--size", "64", "128", "--out", str(out), "--latency", "--repeats", "2"]
+    result = run_cli("cgnet.report", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep report" in result.stdout and "model.N=2" in result.stdout
+
+    rows = read_csv(out / "report.csv")
+    assert [row["model.N"] for row in rows] == ["2", "3"]
+    for row, job in zip(rows, ("0", "1"), strict=True):
+        summary = read_summary(sweep / job)
+        assert float(row["val_miou_best"]) == pytest.approx(summary["val/mIoU_best"], abs=1e-6)
+        assert Path(row["checkpoint"]) == sweep / job / "checkpoints" / "best.ckpt"
+        assert math.isfinite(float(row["latency_ms"])) and row["latency_source"].startswith(
+            "measured"
+        )
+        net = CGNet(19, M=2, N=int(row["model.N"]))
+        assert int(row["macs"]) == summarize(net, (64, 128)).total_macs
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "model.N" in (out / "report.md").read_text()
