@@ -118,3 +118,44 @@ def test_report_on_a_real_two_job_multirun(tmp_path: Path) -> None:
         assert int(row["macs"]) == summarize(net, (64, 128)).total_macs
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "model.N" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["depth_ablation", "switch_ablation", "depth_optuna"])
+def test_hparams_search_configs_compose_and_validate(name: str, tmp_path: Path) -> None:
+    from cgnet.train import validate
+
+    cfg = compose_config("train", [f"hparams_search={name}"], tmp_path / "run")
+    validate(cfg)
+    assert cfg.hydra.mode.name == "MULTIRUN" and name in cfg.tags
+    params = cfg.hydra.sweeper.params
+    assert params, "a sweep without parameters"
+    if name == "depth_optuna":
+        assert cfg.hydra.runtime.choices["hydra/sweeper"] == "optuna"
+        assert cfg.hydra.sweeper.direction == "maximize"
+        assert set(params) == {"model.M", "model.N"}
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_runs_two_trials_and_maximises_val_miou(tmp_path: Path) -> None:
+    """The published plugin with our pins: two real trials, the best one is the highest val mIoU."""
+    data_root = tmp_path / "data" / "cityscapes"
+    tiny = [o for o in tiny_overrides(data_root, tmp_path) if not o.startswith("model.N=")]
+    args = [
+        "hparams_search=depth_optuna",
+        "hydra.sweeper.n_trials=2",
+        *tiny,
+        "model.N=choice(2,3)",
+        "preview=false",
+    ]
+    result = run_cli("cgnet.train", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    scores = {}
+    for job in ("0", "1"):
+        n = OmegaConf.load(sweep / job / ".hydra" / "config.yaml").model.N
+        assert n in (2, 3)
+        scores[job] = read_summary(sweep / job)["val/mIoU_best"]
+    found = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert found.best_value == pytest.approx(max(scores.values()))
+    assert main([str(sweep), "--size", "64", "128"]) == 0
+    assert "Optuna's best" in (sweep / "report.md").read_text()
