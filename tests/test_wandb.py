@@ -29,12 +29,13 @@ from cgnet.callbacks import (
     wandb_loggers,
     wandb_name,
 )
+from cgnet.models import CGNet
 from cgnet.train import build_trainer, validate
 from helpers import compose_config, tiny_overrides
 
 
 @pytest.fixture
-def wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Offline W&B with every wandb folder in tmp_path (nothing in $HOME, no network)."""
     env = {
         "WANDB_MODE": "offline",
@@ -50,7 +51,11 @@ def wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     monkeypatch.delenv("WANDB_ENTITY", raising=False)
-    return env
+    import wandb
+
+    wandb.teardown()  # wandb reads the environment once per process: start from a clean slate
+    yield env
+    wandb.teardown()
 
 
 def wandb_records(path: Path) -> Iterator[Any]:
@@ -195,6 +200,7 @@ def test_finish_wandb_closes_the_run_and_marks_failures(tmp_path: Path, wandb_en
         else:
             finish_wandb()
         assert wandb.run is None
+        wandb.teardown()  # stops wandb's service, which flushes the run file before we read it
         assert read_offline_run(run_file)["exit_code"] == code
 
 
@@ -244,3 +250,19 @@ def test_multirun_is_one_offline_run_per_job_grouped_by_sweep(
         assert any(k.startswith("val/iou_table/") for k in run["history"])
         assert "val/predictions/all_masks" in run["history"]
     assert runs[0]["config"]["complexity"]["params"] < runs[1]["config"]["complexity"]["params"]
+
+
+def test_online_without_an_account_is_one_clear_error(
+    tmp_path: Path, wandb_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cgnet.callbacks import log_run_info
+    from cgnet.config import ConfigError
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = compose_config("train", ["logger=wandb", "callbacks=none"], tmp_path / "run")
+    trainer = build_trainer(cfg)
+    with pytest.raises(ConfigError, match=r"logger\.wandb: .*WANDB_MODE=offline"):
+        log_run_info(trainer, cfg, CGNet(2, M=1, N=1), size=(8, 8))

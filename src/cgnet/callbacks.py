@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from cgnet.config import ConfigError
 from cgnet.models.summary import summarize
 
 __all__ = [
@@ -93,7 +94,15 @@ def _live_run(logger: WandbLogger) -> Any | None:
     """The logger's wandb run on rank 0, or None where nothing would be recorded (disabled, rank > 0)."""
     if rank_zero_only.rank != 0:  # other ranks get a dummy experiment
         return None
-    run = logger.experiment
+    import wandb
+
+    try:
+        run = logger.experiment
+    except wandb.errors.UsageError as err:  # online without an account: say what to do instead
+        raise ConfigError(
+            f"logger.wandb: {err} Or log locally with WANDB_MODE=offline and upload later with "
+            "`wandb sync` (docs/experiments.md); WANDB_MODE=disabled turns W&B off."
+        ) from None
     return None if getattr(run, "disabled", False) else run  # WANDB_MODE=disabled: a NoopRun
 
 
@@ -105,8 +114,10 @@ def log_run_info(
     Parameters and multiply-adds are counted at ``size`` (default: the data's crop size) so runs of
     a sweep can be compared on the dashboard's scatter plots. Does nothing without a WandbLogger.
     """
-    loggers = wandb_loggers(trainer)
-    if not loggers or not trainer.is_global_zero:
+    if not trainer.is_global_zero:
+        return
+    runs = [run for logger in wandb_loggers(trainer) if (run := _live_run(logger)) is not None]
+    if not runs:  # no WandbLogger, or WANDB_MODE=disabled
         return
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
@@ -123,10 +134,7 @@ def log_run_info(
         "gmacs": round(cost.total_macs / 1e9, 4),
         "size": [int(v) for v in size],
     }
-    for logger in loggers:
-        run = _live_run(logger)
-        if run is None:
-            continue
+    for run in runs:
         run.config.update(config, allow_val_change=True)
         run.summary["model/params"] = cost.total_params
         run.summary["model/GMACs"] = cost.total_macs / 1e9
