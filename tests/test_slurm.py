@@ -88,8 +88,10 @@ def _task_function_picklable() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(
     not _task_function_picklable(),
-    reason="cgnet.train.main refers to the module's rich Console (holds an RLock), and submitit "
-    "pickles the undecorated task function by value; see the README's SLURM section",
+    reason="submitit cannot pickle cgnet.train.main: cloudpickle takes Hydra's undecorated task "
+    "function by value, and main refers to the module's rich Console (an RLock). Fix in train.py: "
+    "print config errors from a module-level function, and under __main__ call main imported "
+    "from cgnet.train",
 )
 def test_submitit_local_launcher_runs_a_tiny_job(tmp_path: Path) -> None:
     data_root = tmp_path / "data" / "cityscapes"
