@@ -169,10 +169,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # cheap, and fails early on devices the machine lacks
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
+    # Seed after data preparation: generating or caching data may draw random numbers, and a run
+    # must not depend on whether its data already existed.
+    pl.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg, datamodule)
     check_checkpoint_classes(ckpt_path, module)
     log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
@@ -184,7 +186,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary["metrics"] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
     }
-    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    best_path = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.train and best_path:
         summary["checkpoint"] = best_path
         state = torch.load(best_path, map_location=module.device, weights_only=False)
@@ -215,6 +217,13 @@ def report(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['output_dir']}")
 
 
+def exit_config_error(err: ConfigError) -> None:
+    """One red line and exit status 2. Module-level on purpose: submitit pickles `main` by value, and
+    the rich Console it would otherwise reference holds a lock."""
+    console.print(f"[bold red]config error:[/] {err}")
+    sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the best val mIoU so sweepers can optimise it."""
@@ -224,8 +233,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)
     except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}")
-        sys.exit(2)
+        exit_config_error(err)
     finally:
         finish_wandb()  # a multirun's jobs share this process: each job's W&B run ends with it
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -234,4 +242,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run main from the importable module, not from __main__: launchers that pickle the task function
+    # (hydra/launcher=slurm, submitit_local) can then refer to it by name.
+    from cgnet.train import main as _main
+
+    _main()
