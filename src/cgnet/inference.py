@@ -80,10 +80,6 @@ class FoldedConv(nn.Module):
         self.register_buffer("weight", weight.float().contiguous())
         self.register_buffer("bias", bias.float().contiguous())
         self.register_buffer("slope", slope)
-        # Depthwise 3x3 weights as [9, C], contiguous per tap, for depthwise_taps.
-        depthwise = groups == weight.shape[0] and weight.shape[1:] == (1, 3, 3)
-        taps = weight.float().reshape(-1, 9).t().contiguous() if depthwise else None
-        self.register_buffer("taps", taps)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = activation
 
@@ -127,19 +123,6 @@ class FoldedConv(nn.Module):
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
         return _activate(y, self.slope) if self.activation else y
-
-    def depthwise_taps(self, x: Tensor) -> Tensor:
-        """The same depthwise 3x3 conv as nine shifted multiply-adds (pointwise ops only), so that
-        torch.compile fuses it with the activation, the concat and f_glo's mean into one loop."""
-        d = self.dilation
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (d, d, d, d))
-        out = self.bias.view(1, -1, 1, 1)
-        for k in range(9):
-            i, j = divmod(k, 3)
-            tap = padded[:, :, i * d : i * d + h, j * d : j * d + w]
-            out = out + tap * self.taps[k].view(1, -1, 1, 1)
-        return out
 
 
 class Join(nn.Module):
@@ -194,15 +177,10 @@ class FastCGBlock(nn.Module):
         self.reduce = FoldedConv.from_conv(block.reduce) if isinstance(block, CGDownBlock) else None
         self.f_glo = FastFGlo(block.f_glo) if isinstance(block.f_glo, FGlo) else None
         self.residual = block.residual if isinstance(block, CGBlock) else "none"
-        self.depthwise_as_taps = False
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv_in(x)
-        if self.depthwise_as_taps:
-            parts = [self.f_loc.depthwise_taps(y), self.f_sur.depthwise_taps(y)]
-        else:
-            parts = [self.f_loc(y), self.f_sur(y)]
-        y = _activate(torch.cat(parts, 1), self.slope)
+        y = _activate(torch.cat([self.f_loc(y), self.f_sur(y)], 1), self.slope)
         if self.reduce is not None:
             y = self.reduce(y)
         if self.residual == "local":
@@ -236,12 +214,22 @@ class FastCGNet(nn.Module):
         self.stage3 = nn.Sequential(*(FastCGBlock(b) for b in model.stage3))
         self.join3 = Join(model.join3)
         self.classifier = FoldedConv.from_conv(model.classifier)
+        self.memory_format = torch.contiguous_format
+
+    def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:
+        """Convert the weights and make the convolutions run in ``memory_format``."""
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        stem = self.stem(x)
+        # The 3-channel injection pools run faster on the caller's layout (NCHW); the convolutions
+        # take the network's memory format.
+        fmt = self.memory_format
+        stem = self.stem(x.contiguous(memory_format=fmt))
         if self.input_injection:
             inj2 = self.pool(x)
-            inj4 = self.pool(inj2)
+            inj4 = self.pool(inj2).contiguous(memory_format=fmt)
+            inj2 = inj2.contiguous(memory_format=fmt)
             y = self.join1([stem, inj2])
         else:
             y = self.join1([stem])
@@ -321,10 +309,9 @@ def optimize(
             reuse_cpu_memory()
     if channels_last is None:
         channels_last = True
-    net = fold_network(model).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    runner: nn.Module = _Runner(net, channels_last=channels_last, bf16=bf16)
+    net = fold_network(model).to(device).to_memory_format(fmt)
+    runner: nn.Module = _Runner(net, bf16=bf16)
     if compile:
         if device.type == "cuda":
             # reduce-overhead = inductor kernels replayed as CUDA graphs
@@ -338,18 +325,15 @@ def optimize(
 
 
 class _Runner(nn.Module):
-    """Puts the input in the chosen memory format and, for bf16, runs under autocast."""
+    """The folded network, under bf16 autocast when asked."""
 
-    def __init__(self, net: FastCGNet, *, channels_last: bool, bf16: bool) -> None:
+    def __init__(self, net: FastCGNet, *, bf16: bool) -> None:
         super().__init__()
         self.net = net
-        self.channels_last = channels_last
         self.bf16 = bf16
         self.num_classes = net.num_classes
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 return self.net(x).float()
