@@ -80,6 +80,40 @@ def describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", text) if isinstance(annotation, type) else text
 
 
+def _parameters(
+    target: Callable[..., Any],
+) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Named parameters and their type hints; a class's ``**kwargs`` is followed up its bases, so a
+    subclass that adds a few keywords and forwards the rest is checked against the whole set."""
+    if inspect.isclass(target):
+        # Only our own classes forward **kwargs to their base by convention; a library's **kwargs
+        # (WandbLogger's go to wandb.init) stays open.
+        chain = [c for c in inspect.getmro(target) if "__init__" in c.__dict__]
+        ours = [c for c in chain if c.__module__.startswith("cgnet.")]
+        functions = [
+            c.__dict__["__init__"] for c in (ours if chain and chain[0] in ours else chain[:1])
+        ]
+    else:
+        functions = [target]
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    open_kwargs = True
+    for function in functions:
+        own = inspect.signature(function).parameters
+        for name, param in own.items():
+            if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                params.setdefault(name, param)
+        try:
+            for name, hint in typing.get_type_hints(function).items():
+                hints.setdefault(name, hint)
+        except Exception:  # unresolvable forward references: key checks only
+            pass
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in own.values())
+        if not open_kwargs:
+            break
+    return params, hints, open_kwargs
+
+
 def check_arguments(
     values: Mapping[str, Any],
     signature_of: Callable[..., Any],
@@ -88,15 +122,8 @@ def check_arguments(
     skip: Iterable[str] = (),
 ) -> None:
     """Check keys and value types of ``values`` against the type-hinted signature of ``signature_of``."""
-    target = signature_of.__init__ if inspect.isclass(signature_of) else signature_of
-    params = dict(inspect.signature(target).parameters)
-    params.pop("self", None)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable forward references: fall back to key checks only
-        hints = {}
-    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    accepted = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    params, hints, open_kwargs = _parameters(signature_of)
+    accepted = list(params)
     name = getattr(signature_of, "__qualname__", str(signature_of))
     for key, value in values.items():
         if key.startswith("_") or key in skip:
