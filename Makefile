@@ -16,12 +16,15 @@ ARGS   ?=
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): $(VENV)/.runtime
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
 install: $(STAMP) ## Create .venv and install cgnet with its dev tools (CPU torch unless told otherwise)
 
@@ -36,7 +39,7 @@ format: $(STAMP) ## ruff fix + format
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
 
-train: $(STAMP) ## Train CGNet on the bundled synthetic street scenes (CPU, a few minutes); ARGS= adds overrides
+train: $(VENV)/.runtime ## Train CGNet on the bundled synthetic street scenes (CPU, a few minutes); ARGS= adds overrides
 	$(PY) -m cgnet.train $(ARGS)
 
 clean: ## Remove caches and run outputs (keeps .venv)
