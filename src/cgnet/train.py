@@ -24,6 +24,7 @@ from rich.console import Console
 
 from cgnet.callbacks import finish_wandb, log_run_info  # also registers the W&B name resolvers
 from cgnet.config import ConfigError, check_arguments, check_target_node, plain
+from cgnet.data.errors import DataError
 from cgnet.inference import reuse_cpu_memory
 from cgnet.models import CGNet
 from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
@@ -173,6 +174,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg)  # cheap, and fails early on devices the machine lacks
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
+    datamodule.setup("fit")  # finds and checks the files now: bad data fails before any training
     # Seed after data preparation: generating or caching data may draw random numbers, and a run
     # must not depend on whether its data already existed.
     pl.seed_everything(cfg.seed, workers=True)
@@ -218,10 +220,11 @@ def report(summary: dict[str, Any]) -> None:
     console.print(f"run directory: {summary['output_dir']}")
 
 
-def exit_config_error(err: ConfigError) -> None:
+def exit_config_error(err: Exception) -> None:
     """One red line and exit status 2. Module-level on purpose: submitit pickles `main` by value, and
     the rich Console it would otherwise reference holds a lock."""
-    console.print(f"[bold red]config error:[/] {err}")
+    kind = "data error" if isinstance(err, DataError) else "config error"
+    console.print(f"[bold red]{kind}:[/] {err}", highlight=False)
     sys.exit(2)
 
 
@@ -236,7 +239,7 @@ def main(cfg: DictConfig) -> float | None:
     reuse_cpu_memory()
     try:
         summary = run(cfg)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         exit_config_error(err)
     finally:
         finish_wandb()  # a multirun's jobs share this process: each job's W&B run ends with it

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -200,12 +201,32 @@ class SegmentationDataModule(pl.LightningDataModule):
                 fill=self._mean,  # padding = the mean, i.e. 0 after normalisation (as mmseg pads)
                 ignore_index=IGNORE_INDEX,
             )
-        return SegmentationDataset(self.samples(stage), self.label_luts, transform)
+        samples = self.samples(stage)
+        if stage == "train" and samples:
+            self._check_crop_fits(samples[0].image)
+        return SegmentationDataset(samples, self.label_luts, transform)
+
+    def _check_crop_fits(self, image_path: Path) -> None:
+        """A crop larger than the largest scaled image is mostly ignore-padding in every sample: almost
+        no pixel would be trained on. Checked on the first training image, before any heavy work."""
+        image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            return  # the dataset's own checks name unreadable files
+        largest = [round(n * self.scale_range[1]) for n in image.shape[:2]]
+        if any(c > n for c, n in zip(self.crop_size, largest, strict=True)):
+            raise DataError(
+                f"data.crop_size={list(self.crop_size)} is larger than the training images scaled by "
+                f"the largest data.scale_range factor ({image.shape[0]}x{image.shape[1]} x "
+                f"{self.scale_range[1]} = {largest[0]}x{largest[1]}, e.g. {image_path}): every crop "
+                "would be mostly padding; lower data.crop_size or raise data.scale_range"
+            )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         dataset = self.dataset("train")
-        # The main-process stream (num_workers=0) follows the global torch seed too.
-        dataset.reseed(int(torch.randint(0, 2**62, (1,)).item()) + process_rank())
+        # The main-process stream (num_workers=0) follows the run's seed too. It reads the seed rather
+        # than drawing from the global RNG, so building a loader never shifts the stream that picks
+        # shuffle orders and worker seeds (a resumed run rebuilds its loaders at another moment).
+        dataset.reseed(torch.initial_seed() + process_rank())
         if len(dataset) < self.batch_size:
             raise DataError(
                 f"the training split has {len(dataset)} image(s), fewer than data.batch_size="
