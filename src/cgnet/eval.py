@@ -46,7 +46,9 @@ def build_data(cfg: DictConfig) -> Any:
 def build_predictor(cfg: DictConfig, datamodule: Any) -> Predictor:
     """Network from any checkpoint format, on the chosen device, with the chosen TTA."""
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path: required (a checkpoint of this project or the authors' weights)")
+        raise ConfigError(
+            "ckpt_path: required (a checkpoint of this project or the authors' weights)"
+        )
     try:
         loaded = load_network(cfg.ckpt_path, datamodule.num_classes, plain(cfg.model))
         tta = TTA.from_config(plain(cfg.tta))
@@ -83,7 +85,8 @@ def metrics_dict(
     return {
         "miou": as_json_number(scores.miou),
         "iou_per_class": {
-            name: as_json_number(v) for name, v in zip(class_names, scores.iou.tolist(), strict=True)
+            name: as_json_number(v)
+            for name, v in zip(class_names, scores.iou.tolist(), strict=True)
         },
         "pixel_accuracy": as_json_number(scores.pixel_accuracy),
         "miou_category": None

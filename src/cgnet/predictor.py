@@ -69,8 +69,12 @@ class Predictor:
         self.tta = tta
         net = loaded.net.to(device).eval()
         self.net = optimize(net, device=device.type) if fast else net
-        self.mean = torch.tensor(loaded.mean or mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(loaded.std or std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(loaded.mean or mean, dtype=torch.float32, device=device).view(
+            1, 3, 1, 1
+        )
+        self.std = torch.tensor(loaded.std or std, dtype=torch.float32, device=device).view(
+            1, 3, 1, 1
+        )
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,11 @@ run killed after epoch k and resumed diverges from the uninterrupted run at epoc
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
@@ -44,17 +44,11 @@ class RNGStateCheckpoint(Callback):
     (DistributedSampler shuffles from its seed and epoch, not from these states).
     """
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
     def state_dict(self) -> dict[str, Any]:
         return collect_rng_states()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Applied at the last moment before the first resumed epoch draws its shuffle order.
-        if self._pending is not None and trainer.world_size == 1:
-            set_rng_states(self._pending)
-        self._pending = None
+        # Lightning restores callbacks just before it rebuilds the training DataLoader iterator, whose
+        # shuffle order and worker seeds are the first draws that must match the uninterrupted run.
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            set_rng_states(state_dict)

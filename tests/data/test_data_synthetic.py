@@ -158,7 +158,8 @@ def test_synthetic_modules_use_the_real_code_path(tmp_path: Path) -> None:
     assert (tmp_path / "cs" / synthetic.MARKER).is_file()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].max() == 255
+    assert batch["image"].shape == (2, 3, 32, 32)
+    assert set(batch["mask"].unique().tolist()) <= set(range(19)) | {255}  # trainIds, ignore 255
 
     camvid = SyntheticCamVidDataModule(
         root=str(tmp_path / "cv"), **TINY, num_workers=0, batch_size=2
