@@ -80,7 +80,7 @@ def describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", text) if isinstance(annotation, type) else text
 
 
-def _parameters(
+def signature_parameters(
     target: Callable[..., Any],
 ) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """Named parameters and their type hints; a class's ``**kwargs`` is followed up its bases, so a
@@ -122,7 +122,7 @@ def check_arguments(
     skip: Iterable[str] = (),
 ) -> None:
     """Check keys and value types of ``values`` against the type-hinted signature of ``signature_of``."""
-    params, hints, open_kwargs = _parameters(signature_of)
+    params, hints, open_kwargs = signature_parameters(signature_of)
     accepted = list(params)
     name = getattr(signature_of, "__qualname__", str(signature_of))
     for key, value in values.items():

@@ -175,6 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
     datamodule.setup("fit")  # finds and checks the files now: bad data fails before any training
+    datamodule.check_crop_fits()
     # Seed after data preparation: generating or caching data may draw random numbers, and a run
     # must not depend on whether its data already existed.
     pl.seed_everything(cfg.seed, workers=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import typing
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 import cgnet
+from cgnet.config import signature_parameters
 from cgnet.data import (
     CAMVID,
     CITYSCAPES,
@@ -73,7 +73,7 @@ def test_batches(
 
 
 def test_loader_settings(camvid_tree: Path) -> None:
-    dm = CamVidDataModule(root=str(camvid_tree), batch_size=2, num_workers=0)
+    dm = CamVidDataModule(root=str(camvid_tree), batch_size=2, num_workers=0, crop_size=[48, 48])
     loader = dm.train_dataloader()
     assert (
         loader.drop_last and not loader.persistent_workers and not loader.pin_memory
@@ -101,7 +101,9 @@ def test_properties() -> None:
 
 def test_too_few_training_images_for_a_batch(camvid_tree: Path) -> None:
     with pytest.raises(cgnet.data.DataError, match=r"fewer than data\.batch_size=64"):
-        CamVidDataModule(root=str(camvid_tree), batch_size=64, num_workers=0).train_dataloader()
+        CamVidDataModule(
+            root=str(camvid_tree), batch_size=64, num_workers=0, crop_size=[48, 48]
+        ).train_dataloader()
 
 
 def test_bad_settings_are_refused() -> None:
@@ -123,14 +125,13 @@ def test_bad_settings_are_refused() -> None:
     ],
 )
 def test_every_keyword_has_a_precise_type_hint(module: type) -> None:
-    """The project validates Hydra data configs against these signatures."""
-    params = inspect.signature(module.__init__).parameters
-    hints = typing.get_type_hints(module.__init__)
+    """The project validates Hydra data configs against these signatures (the synthetic modules'
+    **kwargs are followed to the real modules they extend)."""
+    params, hints, open_kwargs = signature_parameters(module)
     expected = SHARED_KEYS + (SYNTHETIC_KEYS if module.__name__.startswith("Synthetic") else [])
-    assert set(expected) <= set(params)
+    assert set(expected) <= set(params) and not open_kwargs
     for name in params:
-        if name != "self":
-            assert name in hints and hints[name] is not typing.Any, name
+        assert name in hints and hints[name] is not typing.Any, name
 
 
 @pytest.mark.parametrize("name", ["synthetic", "synthetic_camvid", "cityscapes", "camvid"])
@@ -140,7 +141,7 @@ def test_configs_carry_the_shared_keys_and_build(name: str, tmp_path: Path) -> N
     assert set(SHARED_KEYS) <= set(keys)
     target = cfg._target_.rsplit(".", 1)[1]
     module = getattr(cgnet.data, target)
-    params = set(inspect.signature(module.__init__).parameters) - {"self"}
+    params = set(signature_parameters(module)[0])
     assert set(keys) == params, set(keys) ^ params
     values = OmegaConf.to_container(cfg, resolve=False)
     values.pop("_target_")

@@ -201,14 +201,16 @@ class SegmentationDataModule(pl.LightningDataModule):
                 fill=self._mean,  # padding = the mean, i.e. 0 after normalisation (as mmseg pads)
                 ignore_index=IGNORE_INDEX,
             )
-        samples = self.samples(stage)
-        if stage == "train" and samples:
-            self._check_crop_fits(samples[0].image)
-        return SegmentationDataset(samples, self.label_luts, transform)
+        return SegmentationDataset(self.samples(stage), self.label_luts, transform)
 
-    def _check_crop_fits(self, image_path: Path) -> None:
+    def check_crop_fits(self) -> None:
         """A crop larger than the largest scaled image is mostly ignore-padding in every sample: almost
-        no pixel would be trained on. Checked on the first training image, before any heavy work."""
+        no pixel would be trained on. Checked on the first training image (the training entry point
+        calls this before any heavy work)."""
+        samples = self.dataset("train").samples
+        if not samples:
+            return
+        image_path = samples[0].image
         image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
         if image is None:
             return  # the dataset's own checks name unreadable files
