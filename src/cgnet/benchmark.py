@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -285,18 +286,46 @@ class InferenceJob:
             "output": str(path),
         }
 
-    def call(self) -> tuple[float, float | None]:
-        """One timed call: milliseconds with and (CUDA only) without device synchronisation."""
+    def call(self) -> tuple[float, float | None, int]:
+        """One timed call: milliseconds with and (CUDA only) without device synchronisation, and
+        the page faults it took (every fault is a fresh page the kernel had to zero and map)."""
         assert self.x is not None, "prepare() first"
         with torch.inference_mode():
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             synchronize(self.device)
             start = time.perf_counter()
             self.fn(self.x)
             returned = time.perf_counter()
             synchronize(self.device)
             done = time.perf_counter()
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         unsynced = (returned - start) * 1e3 if self.device.type == "cuda" else None
-        return (done - start) * 1e3, unsynced
+        return (done - start) * 1e3, unsynced, faults
+
+    def profile(self, top: int = 12) -> list[dict[str, Any]]:
+        """Self time per op of one call (torch.profiler), the largest first: where the time goes."""
+        from torch.profiler import ProfilerActivity, profile
+
+        assert self.x is not None, "prepare() first"
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with torch.inference_mode(), profile(activities=activities) as prof:
+            self.fn(self.x)
+            synchronize(self.device)
+        events = prof.key_averages()
+        key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        total = sum(getattr(e, key) for e in events) or 1.0
+        rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+        return [
+            {
+                "op": e.key,
+                "ms": getattr(e, key) / 1e3,
+                "share": getattr(e, key) / total,
+                "calls": e.count,
+            }
+            for e in rows
+        ]
 
 
 class TrainJob:
@@ -431,8 +460,10 @@ def benchmark_inference(
     input_scale: float = 1.0,
     isolate: bool = True,
     threads: int | None = None,
+    profile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every variant at every size: latency, fps, peak memory, first-call time, agreement with eager.
+    """Every variant at every size: latency, fps, peak memory, first-call time, agreement with eager
+    (and with ``profile``, each variant's self time per op for one call).
 
     Inputs are ``input_scale`` times a standard normal: 50 for trained weights (the spread of RGB
     minus the mean, which they were trained on), 1 for a random initialisation (unit-variance init).
@@ -456,12 +487,17 @@ def benchmark_inference(
                 args = ([height, width], batch, spec.seed, input_scale, warmup)
                 prepared = {name: w.request("prepare", *args) for name, w in workers.items()}
                 timings = {name: Latency() for name in workers}
+                faults: dict[str, list[int]] = {name: [] for name in workers}
                 for _ in range(repeats):  # round-robin: background load hits every variant alike
                     for name, worker in workers.items():
-                        synced, unsynced = worker.request("call")
+                        synced, unsynced, page_faults = worker.request("call")
                         timings[name].synced_ms.append(synced)
+                        faults[name].append(page_faults)
                         if unsynced is not None:
                             timings[name].unsynced_ms.append(unsynced)
+                profiles = (
+                    {name: w.request("profile") for name, w in workers.items()} if profile else {}
+                )
                 reference = torch.load(prepared["eager"]["output"])
                 eager_median = Latency.stats(timings["eager"].synced_ms)["median"]
                 for name in workers:
@@ -478,10 +514,13 @@ def benchmark_inference(
                             "fps": batch * 1e3 / synced_stats["median"],
                             "ratio_over_eager": synced_stats["median"] / eager_median,
                             "speedup_over_eager": eager_median / synced_stats["median"],
+                            "page_faults_per_call": int(statistics.median(faults[name])),
                             **info,
                             **compare(output, reference),
                         }
                     )
+                    if name in profiles:
+                        rows[-1]["profile"] = profiles[name]
                     del output
                 for name, reason in skipped.items():
                     rows.append({"variant": name, "size": [height, width], "skipped": reason})
@@ -618,6 +657,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             input_scale=50.0 if spec.ckpt_path else 1.0,
             isolate=bool(cfg.isolate),
             threads=threads,
+            profile=bool(cfg.get("profile", False)),
         ),
     }
     tt = cfg.get("train_throughput")
@@ -659,7 +699,16 @@ def render(result: dict[str, Any]) -> list[Table]:
         table.add_column(column, justify="right" if column != "variant" else "left")
     if cuda:
         table.add_column("no-sync ms", justify="right")
-    columns = ("fps", "x eager", "call MiB", "process MiB", "max |diff|", "argmax =", "1st call s")
+    columns = (
+        "fps",
+        "x eager",
+        "faults",
+        "call MiB",
+        "process MiB",
+        "max |diff|",
+        "argmax =",
+        "1st call s",
+    )
     for column in columns:
         table.add_column(column, justify="right")
     for row in result["inference"]:
@@ -682,6 +731,7 @@ def render(result: dict[str, Any]) -> list[Table]:
         cells += [
             f"{row['fps']:.2f}",
             f"{row['speedup_over_eager']:.2f}",
+            f"{row['page_faults_per_call']:,}",
             _fmt(row["peak_memory_mib"], ".0f"),
             _fmt(row["process_peak_mib"], ".0f"),
             f"{row['max_abs_diff']:.1e}",
@@ -690,6 +740,17 @@ def render(result: dict[str, Any]) -> list[Table]:
         ]
         table.add_row(*cells)
     tables = [table]
+    for row in result["inference"]:
+        if row.get("profile"):
+            size = f"{row['size'][0]}x{row['size'][1]}"
+            prof = Table(title=f"where {row['variant']} spends one call at {size} (self time)")
+            for column in ("op", "ms", "share", "calls"):
+                prof.add_column(column, justify="left" if column == "op" else "right")
+            for op in row["profile"]:
+                prof.add_row(
+                    op["op"][:70], f"{op['ms']:.1f}", f"{op['share']:.1%}", str(op["calls"])
+                )
+            tables.append(prof)
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
         columns = ("setting", "channels_last", "compile", "reuse_memory", "batch x crop", "ms/step")
