@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from cgnet.benchmark import Latency, render, run
+from cgnet.benchmark import Latency, render, render_markdown, run
 from cgnet.config import ConfigError
 
 TINY = [
@@ -64,6 +64,9 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     assert training[0]["channels_last"] is False and training[1]["channels_last"] is True
     assert all(r["images_per_s"] > 0 for r in training)
     assert len(render(result)) == 2
+    markdown = render_markdown(result)
+    assert "| 64x96 | fast |" in markdown and "| plain eager |" in markdown
+    assert result["command"].split()[:3] == ["python", "-m", "cgnet.benchmark"]
     json.dumps(result)  # the file the command writes
 
 

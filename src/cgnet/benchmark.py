@@ -773,6 +773,60 @@ def render(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def render_markdown(result: dict[str, Any]) -> str:
+    """The figures as Markdown tables, with the command, machine and date, for docs/benchmarks.md."""
+    machine_info = result["machine"]
+    lines = [
+        f"`{result['command']}`",
+        "",
+        f"{result['date']}; {machine_info.get('cpu', '?')}, {machine_info['threads']} threads, "
+        f"torch {machine_info['torch']}, onnxruntime {machine_info.get('onnxruntime', '-')}; "
+        f"{result['model']['source']}; each variant in its own process: "
+        f"{result['isolated_processes']}.",
+        "",
+    ]
+    cuda = result["device"].startswith("cuda")
+    head = "| size | variant | median ms | q1-q3 ms | min ms |"
+    head += " no-sync ms |" if cuda else ""
+    head += " fps | x eager | faults/call | call MiB | process MiB | max abs diff | argmax agree |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in result["inference"]:
+        size = f"{row['size'][0]}x{row['size'][1]}"
+        if "skipped" in row:
+            lines.append(f"| {size} | {row['variant']} (skipped: {row['skipped']}) |")
+            continue
+        lat = row["latency_ms"]
+        cells = [size, row["variant"], f"{lat['median']:.0f}", f"{lat['q1']:.0f}-{lat['q3']:.0f}"]
+        cells.append(f"{lat['min']:.0f}")
+        if cuda:
+            cells.append(_fmt((row.get("latency_unsynced_ms") or {}).get("median"), ".1f"))
+        cells += [
+            f"{row['fps']:.2f}",
+            f"{row['speedup_over_eager']:.2f}",
+            f"{row['page_faults_per_call']:,}",
+            _fmt(row["peak_memory_mib"], ".0f"),
+            _fmt(row["process_peak_mib"], ".0f"),
+            f"{row['max_abs_diff']:.1e}",
+            f"{row['argmax_agreement']:.4%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result.get("training"):
+        lines += [
+            "",
+            "| training setting | channels_last | compile | reuse_memory | batch x crop | ms/step"
+            " | images/s | x eager |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["training"]:
+            lines.append(
+                f"| {row['setting']} | {row['channels_last']} | {row['compile']} | "
+                f"{row['reuse_memory']} | {row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
+                f"{row['step_ms']['median']:.0f} | {row['images_per_s']:.2f} | "
+                f"{row['speedup_over_eager']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 @hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: measure, print the tables, write the JSON."""
@@ -789,6 +843,11 @@ def main(cfg: DictConfig) -> None:
         path = Path(cfg.output)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {path}")
+    if cfg.get("markdown"):
+        path = Path(cfg.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_markdown(result))
         console.print(f"wrote {path}")
 
 
