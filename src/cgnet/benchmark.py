@@ -345,8 +345,12 @@ class TrainJob:
         channels_last: bool,
         compile: bool,
         reuse_memory: bool,
+        bf16: bool = False,
     ) -> None:
         self.device = torch.device(device)
+        if bf16 and self.device.type != "cuda":
+            raise ValueError("bf16-mixed training is measured on CUDA only")
+        self.bf16 = bf16
         if reuse_memory and self.device.type == "cpu":
             reuse_cpu_memory()
         torch.manual_seed(spec.seed)
@@ -368,7 +372,8 @@ class TrainJob:
         synchronize(self.device)
         start = time.perf_counter()
         x = (self.images.float() - self.mean).contiguous(memory_format=self.fmt)
-        loss = F.cross_entropy(self.forward(x), self.masks, ignore_index=255)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.forward(x).float(), self.masks, ignore_index=255)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -667,6 +672,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "channels_last": bool(tt.channels_last),
             "compile": bool(tt.compile),
             "reuse_memory": bool(tt.reuse_memory),
+            "bf16": bool(tt.get("bf16", False)),
         }
         result["training"] = benchmark_training(
             spec,
@@ -753,9 +759,10 @@ def render(result: dict[str, Any]) -> list[Table]:
             tables.append(prof)
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
-        columns = ("setting", "channels_last", "compile", "reuse_memory", "batch x crop", "ms/step")
+        columns = ("setting", "channels_last", "compile", "reuse_memory", "bf16", "batch x crop")
         for column in columns:
             train.add_column(column)
+        train.add_column("ms/step", justify="right")
         train.add_column("images/s", justify="right")
         train.add_column("x eager", justify="right")
         for row in result["training"]:
@@ -764,6 +771,7 @@ def render(result: dict[str, Any]) -> list[Table]:
                 str(row["channels_last"]),
                 str(row["compile"]),
                 str(row["reuse_memory"]),
+                str(row.get("bf16", False)),
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]}",
                 f"{row['step_ms']['median']:.0f}",
                 f"{row['images_per_s']:.2f}",
@@ -813,14 +821,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("training"):
         lines += [
             "",
-            "| training setting | channels_last | compile | reuse_memory | batch x crop | ms/step"
-            " | images/s | x eager |",
-            "|---|---|---|---|---|---|---|---|",
+            "| training setting | channels_last | compile | reuse_memory | bf16 | batch x crop"
+            " | ms/step | images/s | x eager |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["training"]:
             lines.append(
                 f"| {row['setting']} | {row['channels_last']} | {row['compile']} | "
-                f"{row['reuse_memory']} | {row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
+                f"{row['reuse_memory']} | {row.get('bf16', False)} | "
+                f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
                 f"{row['step_ms']['median']:.0f} | {row['images_per_s']:.2f} | "
                 f"{row['speedup_over_eager']:.2f} |"
             )
