@@ -386,6 +386,7 @@ def _serve(conn: Any, kind: str, kwargs: dict[str, Any], threads: int | None) ->
     torch.set_flush_denormal(True)  # before any torch op, so the thread pool inherits it
     if threads:
         torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     try:
         job: Any = InferenceJob(**kwargs) if kind == "inference" else TrainJob(**kwargs)
     except Exception as err:
@@ -417,6 +418,7 @@ class Worker:
         if not isolate:
             if threads:
                 torch.set_num_threads(threads)
+            torch.backends.cudnn.benchmark = True
             self.job = InferenceJob(**kwargs) if kind == "inference" else TrainJob(**kwargs)
             return
         context = multiprocessing.get_context("spawn")

@@ -289,13 +289,19 @@ def optimize(
 ) -> nn.Module:
     """The fastest exact form of ``model`` for inference, called like it (float NCHW -> logits).
 
+    The model itself is left untouched. On the CPU this also sets two process-wide switches:
+    denormals flushed to zero, and (``reuse_memory``) freed buffers kept in the heap. The numbers
+    behind each choice are in docs/benchmarks.md.
+
     Args:
         model: a CGNet (its mode is ignored; the result is always eval-mode).
         device: where the result runs.
-        channels_last: memory format; None picks what measured fastest on that device.
-        compile: wrap in ``torch.compile`` (slow first call per input shape; fastest after).
-        bf16: bfloat16 autocast, GPU only (it moves ~1% of pixels' argmax; opt in knowingly).
-        cuda_graphs: replay CUDA graphs per input shape (GPU only; implies fixed shapes).
+        channels_last: memory format; None = channels-last (1.2x on the 2-core CPU; the usual
+            choice for cuDNN too, not yet measured here).
+        compile: ``torch.compile`` with freezing on top; its first call per input shape compiles
+            (30-50 s on the 2-core CPU), and it paid off only at full resolution there.
+        bf16: bfloat16 autocast, GPU only (argmax drifts on ~1% of pixels; opt in knowingly).
+        cuda_graphs: replay one CUDA graph per input shape (GPU only).
         reuse_memory: on CPU, keep freed buffers in the heap (see :func:`reuse_cpu_memory`).
     """
     device = torch.device(device)
@@ -335,7 +341,8 @@ class _Runner(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bf16:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            # no cast cache: it would hold tensors from outside a CUDA graph capture
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
                 return self.net(x).float()
         return self.net(x)
 
