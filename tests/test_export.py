@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ from cgnet.export import (
     run_exported,
 )
 from cgnet.models import CGNet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny inputs gain nothing from a second thread, and on a busy machine OpenMP's barriers make
+    every op wait for a descheduled thread; one thread keeps these tests quick and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 pytest.importorskip("onnxruntime")
 
