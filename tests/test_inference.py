@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from cgnet.inference import (
     FastCGNet,
+    class_softmax,
     fold_network,
     optimize,
     predict_logits,
@@ -223,3 +224,10 @@ def test_bad_arguments() -> None:
         predict_logits(nn.Identity(), x, stride=(4, 4))
     with pytest.raises(ValueError):
         sliding_window_logits(nn.Identity(), x, (0, 4), (4, 4))
+
+
+def test_class_softmax_in_both_layouts() -> None:
+    scores = torch.randn(2, 5, 7, 9)
+    channels_last = scores.contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(class_softmax(scores), scores.softmax(1), atol=1e-6)
+    assert torch.allclose(class_softmax(channels_last), scores.softmax(1), atol=1e-6)

