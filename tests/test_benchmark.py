@@ -59,7 +59,7 @@ def test_defaults_are_the_issue_settings() -> None:
 
 def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    result = run(compose_benchmark(*TINY, "variants=[eager,fast,onnxruntime,bf16]"))
+    result = run(compose_benchmark(*TINY, "variants=[eager,fast,onnxruntime,bf16]", "profile=true"))
     assert result["model"]["parameters"] > 0
     assert set(result["model"]["multiply_adds"]) == {"64x96", "45x61"}
     rows = {(r["variant"], tuple(r["size"])): r for r in result["inference"]}
@@ -73,11 +73,17 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
             assert row["fps"] == pytest.approx(1e3 / lat["median"])
             assert row["latency_unsynced_ms"] is None  # CPU calls are synchronous
         assert rows[("eager", size)]["speedup_over_eager"] == 1.0
+        ops = [op["op"] for op in rows[("fast", size)]["profile"]]
+        assert "aten::mkldnn_convolution" in ops and "aten::native_batch_norm" not in ops
+        assert "aten::native_batch_norm" in [op["op"] for op in rows[("eager", size)]["profile"]]
+        assert rows[("onnxruntime", size)]["profile"] == []
     training = result["training"]
     assert [r["setting"] for r in training] == ["plain eager", "project settings"]
     assert training[0]["channels_last"] is False and training[1]["channels_last"] is True
     assert all(r["images_per_s"] > 0 for r in training)
-    assert len(render(result)) == 2
+    profiled = [r for r in result["inference"] if r.get("profile")]
+    assert len(profiled) == 4  # eager and fast at both sizes; onnxruntime has no torch ops
+    assert len(render(result)) == 2 + len(profiled)  # inference + training, then one per profile
     markdown = render_markdown(result)
     assert "| 64x96 | fast |" in markdown and "| plain eager |" in markdown
     assert result["command"].split()[:3] == ["python", "-m", "cgnet.benchmark"]

@@ -168,6 +168,23 @@ def compare(output: Tensor, reference: Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's native start/stop lines) for a moment."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How every worker builds the same network: from a checkpoint, or seeded random init."""
@@ -307,10 +324,12 @@ class InferenceJob:
         from torch.profiler import ProfilerActivity, profile
 
         assert self.x is not None, "prepare() first"
+        if isinstance(self.fn, OnnxRuntimeForward):
+            return []  # its kernels are invisible to torch.profiler
         activities = [ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
-        with torch.inference_mode(), profile(activities=activities) as prof:
+        with _quiet_stderr(), torch.inference_mode(), profile(activities=activities) as prof:
             self.fn(self.x)
             synchronize(self.device)
         events = prof.key_averages()
@@ -394,7 +413,10 @@ def _serve(conn: Any, kind: str, kwargs: dict[str, Any], threads: int | None) ->
         return
     conn.send(("ok", None))
     while True:
-        method, args = conn.recv()
+        try:
+            method, args = conn.recv()
+        except EOFError:  # the parent went away
+            return
         if method == "stop":
             return
         try:
