@@ -79,7 +79,8 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
         assert rows[("onnxruntime", size)]["profile"] == []
     training = result["training"]
     assert [r["setting"] for r in training] == ["plain eager", "project settings"]
-    assert training[0]["channels_last"] is False and training[1]["channels_last"] is True
+    assert training[0]["space_to_batch"] is False and training[1]["space_to_batch"] is True
+    assert training[0]["channels_last"] is False and training[1]["channels_last"] is False  # CPU
     assert all(r["images_per_s"] > 0 for r in training)
     profiled = [r for r in result["inference"] if r.get("profile")]
     assert len(profiled) == 4  # eager and fast at both sizes; onnxruntime has no torch ops

@@ -43,7 +43,7 @@ from torch import Tensor
 from cgnet.checkpoint import load_network
 from cgnet.config import ConfigError, check_arguments, plain
 from cgnet.inference import optimize, reuse_cpu_memory
-from cgnet.models import CGNet
+from cgnet.models import CGNet, use_space_to_batch
 from cgnet.models.summary import summarize
 
 # Piped output would get rich's 80-column default and squeezed columns; give the tables room.
@@ -364,6 +364,7 @@ class TrainJob:
         channels_last: bool,
         compile: bool,
         reuse_memory: bool,
+        space_to_batch: bool = False,
         bf16: bool = False,
     ) -> None:
         self.device = torch.device(device)
@@ -374,6 +375,7 @@ class TrainJob:
             reuse_cpu_memory()
         torch.manual_seed(spec.seed)
         net = CGNet(spec.num_classes, **spec.model).to(self.device).train()
+        use_space_to_batch(net, space_to_batch)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=self.fmt)
         self.forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
@@ -691,11 +693,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     tt = cfg.get("train_throughput")
     if tt and tt.get("enabled", True):
-        plain_eager = {"channels_last": False, "compile": False, "reuse_memory": False}
+        plain_eager = {
+            "channels_last": False,
+            "compile": False,
+            "reuse_memory": False,
+            "space_to_batch": False,
+        }
+        channels_last = tt.get("channels_last")  # null: as SegmentationModule, GPUs only
         project = {
-            "channels_last": bool(tt.channels_last),
+            "channels_last": device.type == "cuda"
+            if channels_last is None
+            else bool(channels_last),
             "compile": bool(tt.compile),
             "reuse_memory": bool(tt.reuse_memory),
+            "space_to_batch": bool(tt.get("space_to_batch", True)),
             "bf16": bool(tt.get("bf16", False)),
         }
         result["training"] = benchmark_training(
@@ -783,7 +794,15 @@ def render(result: dict[str, Any]) -> list[Table]:
             tables.append(prof)
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
-        columns = ("setting", "channels_last", "compile", "reuse_memory", "bf16", "batch x crop")
+        columns = (
+            "setting",
+            "channels_last",
+            "space_to_batch",
+            "compile",
+            "reuse_memory",
+            "bf16",
+            "batch x crop",
+        )
         for column in columns:
             train.add_column(column)
         train.add_column("ms/step", justify="right")
@@ -793,6 +812,7 @@ def render(result: dict[str, Any]) -> list[Table]:
             train.add_row(
                 row["setting"],
                 str(row["channels_last"]),
+                str(row.get("space_to_batch", False)),
                 str(row["compile"]),
                 str(row["reuse_memory"]),
                 str(row.get("bf16", False)),
@@ -845,16 +865,19 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("training"):
         lines += [
             "",
-            "| training setting | channels_last | compile | reuse_memory | bf16 | batch x crop"
-            " | ms/step | images/s | x eager |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| training setting | channels_last | space_to_batch | compile | reuse_memory | bf16"
+            " | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["training"]:
             lines.append(
-                f"| {row['setting']} | {row['channels_last']} | {row['compile']} | "
+                f"| {row['setting']} | {row['channels_last']} | "
+                f"{row.get('space_to_batch', False)} | {row['compile']} | "
                 f"{row['reuse_memory']} | {row.get('bf16', False)} | "
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
-                f"{row['step_ms']['median']:.0f} | {row['images_per_s']:.2f} | "
+                f"{row['step_ms']['median']:.0f} | "
+                f"{row['step_ms']['q1']:.0f}-{row['step_ms']['q3']:.0f} | "
+                f"{row['images_per_s']:.2f} | "
                 f"{row['speedup_over_eager']:.2f} |"
             )
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The CGNet network and its weight formats; no Lightning, no Hydra."""
 
 from cgnet.models.cgnet import CGNet, expected_num_parameters
+from cgnet.models.space_to_batch import use_space_to_batch
 from cgnet.models.weights import LoadReport, WeightsMismatchError, export_weights, load_weights
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "expected_num_parameters",
     "export_weights",
     "load_weights",
+    "use_space_to_batch",
 ]

@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from cgnet.models.space_to_batch import DilatedDepthwiseConv2d
+
 Activation = Literal["prelu", "relu"]
 Residual = Literal["global", "local", "none"]
 
@@ -64,9 +66,9 @@ class ConvBNAct(nn.Sequential):
 
 def depthwise_conv(channels: int, dilation: int = 1) -> nn.Conv2d:
     """Channel-wise 3x3 convolution: f_loc with dilation 1, f_sur with the surrounding-context dilation."""
-    return nn.Conv2d(
-        channels, channels, 3, padding=dilation, dilation=dilation, groups=channels, bias=False
-    )
+    if dilation > 1:
+        return DilatedDepthwiseConv2d(channels, dilation)
+    return nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
 
 
 class FGlo(nn.Module):
