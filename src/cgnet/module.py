@@ -109,7 +109,9 @@ class SegmentationModule(pl.LightningModule):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB [B, 3, H, W] -> the float input the authors' weights expect."""
         x = (images.float() - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # batches arrive channels-last from collate: pick the network's format explicitly
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     @property
     def channels_last(self) -> bool:

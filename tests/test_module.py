@@ -1,0 +1,41 @@
+"""SegmentationModule's own choices: input normalisation, memory format, the CPU training path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cgnet.models.space_to_batch import DilatedDepthwiseConv2d
+from cgnet.module import SegmentationModule
+
+
+def channels_last_batch(n: int = 2, h: int = 24, w: int = 32) -> torch.Tensor:
+    """uint8 RGB as collate delivers it: NCHW shape, channels-last strides."""
+    hwc = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8)
+    return hwc.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expect_channels_last"), [(None, False), (True, True), (False, False)]
+)
+def test_normalize_gives_the_network_its_memory_format(
+    setting: bool | None, expect_channels_last: bool
+) -> None:
+    module = SegmentationModule(3, model={"M": 1, "N": 1}, channels_last=setting)
+    images = channels_last_batch()
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    x = module.normalize(images)
+    assert module.channels_last is expect_channels_last  # None: GPUs only, and this is a CPU
+    fmt = torch.channels_last if expect_channels_last else torch.contiguous_format
+    assert x.is_contiguous(memory_format=fmt)
+    expected = (images.float() - module.mean) / module.std
+    torch.testing.assert_close(x, expected)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_space_to_batch_is_a_module_setting(enabled: bool) -> None:
+    module = SegmentationModule(3, model={"M": 2, "N": 2}, space_to_batch=enabled)
+    f_surs = [m for m in module.net.modules() if isinstance(m, DilatedDepthwiseConv2d)]
+    assert f_surs and all(m.space_to_batch is enabled for m in f_surs)
+    keys = set(SegmentationModule(3, model={"M": 2, "N": 2}).state_dict())
+    assert set(module.state_dict()) == keys  # checkpoints are the same either way
