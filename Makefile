@@ -32,12 +32,12 @@ test: $(STAMP) ## Run the test suite (CPU only, a few minutes)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: $(STAMP) ## ruff fix + format
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 train: $(VENV)/.runtime ## Train CGNet on the bundled synthetic street scenes (CPU, a few minutes); ARGS= adds overrides
 	$(PY) -m cgnet.train $(ARGS)
