@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,13 @@ def reference_dir() -> Path:
     if not (REFERENCE / "cgnet_official_camvid_m3n21.pth").exists():
         pytest.skip(f"authors' reference artefacts not found in {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny inputs gain nothing from a second thread, and on a busy machine OpenMP's barriers make
+    every op wait for a descheduled thread; one thread keeps these tests quick and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,19 +15,26 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 
-def tiny_overrides(root: Path, log_dir: Path) -> list[str]:
-    """A CGNet with M=2, N=2 on 8 generated 64x128 street scenes: seconds per epoch on a CPU."""
+def tiny_data_overrides(root: Path) -> list[str]:
+    """8/4/2 generated 64x128 street scenes, read in the test process (no loader workers)."""
     return [
         f"data.root={root}",
         "data.num_train=8",
         "data.num_val=4",
         "data.num_test=2",
         "data.image_size=[64,128]",
-        "data.crop_size=[64,64]",
-        "data.batch_size=4",
         "data.val_batch_size=2",
         "data.num_workers=0",
         "data.persistent_workers=false",
+    ]
+
+
+def tiny_overrides(root: Path, log_dir: Path) -> list[str]:
+    """A CGNet with M=2, N=2 on the tiny scenes: seconds per epoch on a CPU."""
+    return [
+        *tiny_data_overrides(root),
+        "data.crop_size=[64,64]",
+        "data.batch_size=4",
         "model.M=2",
         "model.N=2",
         "trainer.accelerator=cpu",
@@ -58,10 +65,15 @@ def compose_config(
 
 
 def run_cli(
-    module: str, args: list[str], cwd: Path, timeout: int = 300
+    module: str,
+    args: list[str],
+    cwd: Path,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <args>` as a user would, from ``cwd``."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled"}
+    """Run `python -m <module> <args>` as a user would, from ``cwd``; W&B is off unless ``env``
+    (set on top of this process's environment) says otherwise."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

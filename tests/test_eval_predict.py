@@ -16,7 +16,7 @@ from cgnet.data.labels import CAMVID, CITYSCAPES, cityscapes_label_lut
 from cgnet.eval import run as run_eval
 from cgnet.predict import run as run_predict
 from cgnet.train import run as run_train
-from helpers import compose_config, run_cli, tiny_overrides
+from helpers import compose_config, run_cli, tiny_data_overrides, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     overrides = [*tiny_overrides(root, base), "trainer.max_epochs=2", "preview=false"]
     run_train(compose_config("train", overrides, run_dir))
     return root, run_dir / "checkpoints" / "last.ckpt"
-
-
-def data_overrides(root: Path) -> list[str]:
-    return [
-        f"data.root={root}",
-        "data.num_train=8",
-        "data.num_val=4",
-        "data.num_test=2",
-        "data.image_size=[64,128]",
-        "data.num_workers=0",
-        "data.persistent_workers=false",
-        "data.val_batch_size=2",
-    ]
 
 
 def cityscapes_scripts_miou(predictions: Path, root: Path) -> dict:
@@ -64,7 +51,7 @@ def test_eval_equals_cityscapesscripts_on_exported_labelids(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     root, ckpt = trained
-    common = [*data_overrides(root), f"ckpt_path={ckpt}", "split=val"]
+    common = [*tiny_data_overrides(root), f"ckpt_path={ckpt}", "split=val"]
     predict_cfg = compose_config(
         "predict",
         [*common, "formats=[labelids,color,overlay,trainids]", "submission=true"],
@@ -109,7 +96,7 @@ def test_tta_and_sliding_window_run_and_stay_close(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     root, ckpt = trained
-    base = [*data_overrides(root), f"ckpt_path={ckpt}"]
+    base = [*tiny_data_overrides(root), f"ckpt_path={ckpt}"]
     plain = run_eval(compose_config("eval", base, tmp_path / "a"))
     tta = run_eval(
         compose_config(
@@ -135,7 +122,7 @@ def test_predict_on_an_image_folder_never_overwrites_inputs(
     out = tmp_path / "out"
     cfg = compose_config(
         "predict",
-        [*data_overrides(root), f"ckpt_path={ckpt}", f"input={images}", f"output_dir={out}"],
+        [*tiny_data_overrides(root), f"ckpt_path={ckpt}", f"input={images}", f"output_dir={out}"],
         tmp_path / "p",
     )
     run_predict(cfg)

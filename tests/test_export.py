@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,7 @@ from cgnet.export import (
 )
 from cgnet.models import CGNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny inputs gain nothing from a second thread, and on a busy machine OpenMP's barriers make
-    every op wait for a descheduled thread; one thread keeps these tests quick and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 pytest.importorskip("onnxruntime")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,7 @@ from cgnet.inference import (
 from cgnet.models import CGNet
 from cgnet.models.weights import load_weights
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny inputs gain nothing from a second thread, and on a busy machine OpenMP's barriers make
-    every op wait for a descheduled thread; one thread keeps these tests quick and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 torch.set_flush_denormal(True)

@@ -8,9 +8,6 @@ folder machinery as on SLURM, with subprocesses instead of sbatch).
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from helpers import compose_config, read_summary, tiny_overrides
+from helpers import compose_config, read_summary, run_cli, tiny_overrides
 
 LAYOUT = ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"]
 
@@ -102,16 +99,8 @@ def test_submitit_local_launcher_runs_a_tiny_job(tmp_path: Path) -> None:
         *tiny_overrides(data_root, tmp_path),
         "preview=false",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled"}
-    env["CGNET_CACHE_DIR"] = str(tmp_path / "cache")
-    result = subprocess.run(
-        [sys.executable, "-m", "cgnet.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {"CGNET_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("cgnet.train", args, cwd=tmp_path, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     assert list((sweep / ".submitit").iterdir()), "no submitit job folder"

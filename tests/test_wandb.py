@@ -8,10 +8,7 @@ W&B would receive.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from cgnet.callbacks import (
 )
 from cgnet.models import CGNet
 from cgnet.train import build_trainer, validate
-from helpers import compose_config, tiny_overrides
+from helpers import compose_config, run_cli, tiny_overrides
 
 
 @pytest.fixture
@@ -218,15 +215,7 @@ def test_multirun_is_one_offline_run_per_job_grouped_by_sweep(
         "logger=wandb",
         "tags=[smoke]",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(
-        [sys.executable, "-m", "cgnet.train", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli("cgnet.train", args, cwd=tmp_path, timeout=600, env=wandb_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()

@@ -727,6 +727,19 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _outcome_cells(row: dict[str, Any]) -> list[str]:
+    """Throughput, memory and agreement cells, shared by the terminal and the Markdown tables."""
+    return [
+        f"{row['fps']:.2f}",
+        f"{row['speedup_over_eager']:.2f}",
+        f"{row['page_faults_per_call']:,}",
+        _fmt(row["peak_memory_mib"], ".0f"),
+        _fmt(row["process_peak_mib"], ".0f"),
+        f"{row['max_abs_diff']:.1e}",
+        f"{row['argmax_agreement']:.4%}",
+    ]
+
+
 def render(result: dict[str, Any]) -> list[Table]:
     """Rich tables: one for inference (all sizes), one for training throughput."""
     model = result["model"]
@@ -769,16 +782,7 @@ def render(result: dict[str, Any]) -> list[Table]:
         if cuda:
             unsynced = row.get("latency_unsynced_ms") or {}
             cells.append(_fmt(unsynced.get("median"), ".1f"))
-        cells += [
-            f"{row['fps']:.2f}",
-            f"{row['speedup_over_eager']:.2f}",
-            f"{row['page_faults_per_call']:,}",
-            _fmt(row["peak_memory_mib"], ".0f"),
-            _fmt(row["process_peak_mib"], ".0f"),
-            f"{row['max_abs_diff']:.1e}",
-            f"{row['argmax_agreement']:.4%}",
-            f"{row['first_call_s']:.1f}",
-        ]
+        cells += [*_outcome_cells(row), f"{row['first_call_s']:.1f}"]
         table.add_row(*cells)
     tables = [table]
     for row in result["inference"]:
@@ -852,15 +856,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         cells.append(f"{lat['min']:.0f}")
         if cuda:
             cells.append(_fmt((row.get("latency_unsynced_ms") or {}).get("median"), ".1f"))
-        cells += [
-            f"{row['fps']:.2f}",
-            f"{row['speedup_over_eager']:.2f}",
-            f"{row['page_faults_per_call']:,}",
-            _fmt(row["peak_memory_mib"], ".0f"),
-            _fmt(row["process_peak_mib"], ".0f"),
-            f"{row['max_abs_diff']:.1e}",
-            f"{row['argmax_agreement']:.4%}",
-        ]
+        cells += _outcome_cells(row)
         lines.append("| " + " | ".join(cells) + " |")
     if result.get("training"):
         lines += [
