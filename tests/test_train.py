@@ -12,8 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cgnet.config import ConfigError
+from cgnet.models import CGNet, export_weights
 from cgnet.module import SegmentationModule
-from cgnet.train import build_trainer, run, validate
+from cgnet.train import build_module, build_trainer, load_pretrained, report, run, validate
 from helpers import compose_config, read_summary, run_cli, tiny_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -113,6 +114,65 @@ def test_train_saves_checkpoints_and_resumes_at_the_saved_step(
 
     module = SegmentationModule.load_from_checkpoint(last)  # no Hydra needed
     assert module.hparams.model["N"] == 2 and module.net.num_classes == 19
+
+
+def test_a_run_without_validation_says_so_and_names_last_ckpt(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = [*tiny_overrides(data_root, tmp_path), "trainer.check_val_every_n_epoch=2"]
+    summary = run(compose_config("train", overrides, tmp_path / "run"))
+    assert math.isnan(summary["val/mIoU_best"]) and "checkpoint" not in summary
+    assert summary["last_checkpoint"] == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    report(summary)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no validation ran" in out and "trainer.check_val_every_n_epoch" in out
+    assert "final val mIoU" not in out
+    assert f"checkpoint:{summary['last_checkpoint']}" in "".join(out.split())  # however rich wraps
+
+
+def test_pretrained_weights_start_a_new_run(data_root: Path, tmp_path: Path) -> None:
+    """Weights of another class count (the authors' format) load everywhere but the classifier;
+    the run starts at step 0 with those weights, unlike a resume."""
+    source = CGNet(11, M=2, N=2)
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    weights = tmp_path / "camvid_official.pth"
+    torch.save(export_weights(source, "official"), weights)
+    overrides = [*tiny_overrides(data_root, tmp_path), f"pretrained.path={weights}"]
+    cfg = compose_config("train", overrides, tmp_path / "strict")
+    validate(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    module = build_module(cfg, datamodule)
+    with pytest.raises(ConfigError, match=r"(?s)11 classes, model has 19.*skip_classifier=true"):
+        load_pretrained(cfg, module)
+
+    overrides.append("pretrained.skip_classifier=true")
+    cfg = compose_config("train", overrides, tmp_path / "skip")
+    module = build_module(cfg, datamodule)
+    classifier = module.net.classifier.weight.clone()
+    load_pretrained(cfg, module)
+    theirs, ours = source.state_dict(), module.net.state_dict()
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours if not k.startswith("classifier."))
+    assert torch.equal(module.net.classifier.weight, classifier)
+
+    summary = run(compose_config("train", [*overrides, "trainer.max_epochs=1"], tmp_path / "run"))
+    last = torch.load(summary["last_checkpoint"], weights_only=False)
+    assert last["global_step"] == 2  # a new run: two steps of 8 images in batches of 4
+    trained = last["state_dict"]["net.stem.0.conv.weight"]
+    start = theirs["stem.0.conv.weight"]  # N(0, 1) values; two Adam steps move each by <= ~2e-3
+    fresh = CGNet(19, M=2, N=2).state_dict()["stem.0.conv.weight"]
+    assert (trained - start).abs().max() < 0.01 < (trained - fresh).abs().max()
+
+
+def test_pretrained_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pretrained\.path: no file at .*nothing\.pth"):
+        validate(compose_config("train", [f"pretrained.path={tmp_path / 'nothing.pth'}"], tmp_path))
+    (tmp_path / "w.pth").write_bytes(b"")
+    both = [f"pretrained.path={tmp_path / 'w.pth'}", f"ckpt_path={tmp_path / 'w.pth'}"]
+    with pytest.raises(ConfigError, match=r"pretrained\.path and ckpt_path are both set"):
+        validate(compose_config("train", both, tmp_path))
 
 
 def test_missing_resume_checkpoint_is_a_clear_error(data_root: Path, tmp_path: Path) -> None:

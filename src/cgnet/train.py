@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import uuid
@@ -26,7 +27,7 @@ from cgnet.callbacks import finish_wandb, log_run_info  # also registers the W&B
 from cgnet.config import ConfigError, check_arguments, check_target_node, plain
 from cgnet.data.errors import DataError
 from cgnet.inference import reuse_cpu_memory
-from cgnet.models import CGNet
+from cgnet.models import CGNet, WeightsMismatchError, load_weights
 from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
 from cgnet.visualize import panel, save_rgb
 
@@ -60,6 +61,14 @@ def validate(cfg: DictConfig) -> None:
         CGNet(2, **plain(cfg.model))  # cheap: catches M=0, odd widths, bad switch values
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+    path = (cfg.get("pretrained") or {}).get("path")
+    if path and cfg.get("ckpt_path"):
+        raise ConfigError(
+            "pretrained.path and ckpt_path are both set: a resume restores the weights from "
+            "ckpt_path anyway; keep one"
+        )
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"pretrained.path: no file at {path}")
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> SegmentationModule:
@@ -130,6 +139,31 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
+def load_pretrained(cfg: DictConfig, module: SegmentationModule) -> None:
+    """Start from `pretrained.path`'s network weights: a new run, unlike a `ckpt_path` resume."""
+    pretrained = cfg.get("pretrained") or {}
+    path = pretrained.get("path")
+    if not path:
+        return
+    skip = ("classifier.",) if pretrained.get("skip_classifier") else ()
+    try:
+        loaded = load_weights(module.net, Path(path).expanduser(), skip=skip)
+    except WeightsMismatchError as err:
+        hint = (
+            "\n  set pretrained.skip_classifier=true to start the classifier fresh"
+            if "classes, model has" in str(err)
+            else ""
+        )
+        raise ConfigError(f"pretrained.path: {err}{hint}") from None
+    eps = next(m.eps for m in module.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    if not math.isclose(eps, cfg.model.bn_eps):
+        raise ConfigError(
+            f"pretrained.path: {path} was trained with BatchNorm eps {eps:g} ({loaded.format} "
+            f"format) but model.bn_eps={cfg.model.bn_eps:g}; set model.bn_eps={eps:g}"
+        )
+    log.info("%s", loaded)
+
+
 def check_checkpoint_classes(ckpt_path: str | None, module: SegmentationModule) -> None:
     """Resuming a checkpoint trained for other classes than the data has would fail deep in Lightning."""
     if ckpt_path is None:
@@ -180,6 +214,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # must not depend on whether its data already existed.
     pl.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg, datamodule)
+    load_pretrained(cfg, module)
     check_checkpoint_classes(ckpt_path, module)
     log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
@@ -195,6 +230,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["checkpoint"] = best_path
         state = torch.load(best_path, map_location=module.device, weights_only=False)
         module.load_state_dict(state["state_dict"])
+    # checkpoints/last.ckpt is an unmonitored ModelCheckpoint: its "best" is the latest save.
+    last_path = next(
+        (cb.best_model_path for cb in trainer.checkpoint_callbacks if not cb.monitor), ""
+    )
+    if cfg.train and last_path:
+        summary["last_checkpoint"] = last_path
     summary["val/mIoU_best"] = float(module.best_miou)
     if cfg.test:
         trainer.test(module, datamodule=datamodule)
@@ -212,8 +253,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def report(summary: dict[str, Any]) -> None:
     """The lines a user looks for at the end of a run."""
-    console.print(f"[bold green]final val mIoU (best): {summary['val/mIoU_best']:.4f}[/]")
-    console.print(f"checkpoint: {summary.get('checkpoint') or '(none saved)'}")
+    best = summary["val/mIoU_best"]
+    if math.isnan(best):
+        console.print(
+            "[bold yellow]no validation ran[/]: it runs every trainer.check_val_every_n_epoch "
+            "epochs (or trainer.val_check_interval); lower it or train longer to get a val mIoU "
+            "and a best.ckpt"
+        )
+    else:
+        console.print(f"[bold green]final val mIoU (best): {best:.4f}[/]")
+    checkpoint = summary.get("checkpoint") or summary.get("last_checkpoint")
+    console.print(f"checkpoint: {checkpoint or '(none saved)'}")
     if summary.get("preview"):
         console.print(
             f"prediction picture (image | ground truth | prediction): {summary['preview']}"

@@ -11,12 +11,13 @@ from cgnet.data import generate_camvid, generate_cityscapes
 
 SIZE = (64, 128)
 COUNTS = {"num_train": 6, "num_val": 3, "num_test": 2}
+COARSE_COUNT = 3  # Cityscapes train_extra images (gtCoarse labels)
 
 
 @pytest.fixture(scope="session")
 def counts() -> dict[str, int]:
     """Images per split in the generated trees."""
-    return dict(COUNTS)
+    return {**COUNTS, "num_train_extra": COARSE_COUNT}
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,10 @@ def _private_cache(
 @pytest.fixture(scope="session")
 def cityscapes_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_cityscapes(
-        tmp_path_factory.mktemp("trees") / "cityscapes", **COUNTS, image_size=SIZE
+        tmp_path_factory.mktemp("trees") / "cityscapes",
+        **COUNTS,
+        image_size=SIZE,
+        num_train_extra=COARSE_COUNT,
     )
 
 

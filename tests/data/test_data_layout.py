@@ -8,7 +8,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
+from cgnet.data.errors import DataError
 from cgnet.data.labels import cityscapes_label_lut
 from cgnet.data.layout import (
     CAMVID_IDS,
@@ -44,6 +46,34 @@ def test_cityscapes_trainval_is_train_plus_val(
     train = {s.id for s in scan_cityscapes(cityscapes_tree, "train").samples}
     val = {s.id for s in scan_cityscapes(cityscapes_tree, "val").samples}
     assert ids == train | val and len(ids) == counts["num_train"] + counts["num_val"]
+
+
+def test_train_extra_is_read_from_gt_coarse_and_joins_with_plus(
+    cityscapes_tree: Path, counts: dict[str, int]
+) -> None:
+    extra = scan_cityscapes(cityscapes_tree, "train_extra")
+    assert not extra.problems and len(extra.samples) == counts["num_train_extra"]
+    for s in extra.samples:
+        assert s.label is not None and s.label.name == f"{s.id}_gtCoarse_labelIds.png"
+        assert s.label.parts[-4:-2] == ("gtCoarse", "train_extra")
+        assert s.label_format == CITYSCAPES_LABEL_IDS
+    joined = scan_cityscapes(cityscapes_tree, "train+train_extra")
+    train = scan_cityscapes(cityscapes_tree, "train")
+    assert joined.samples == train.samples + extra.samples
+    # a coarse labelTrainIds file is preferred over its labelIds file, as for gtFine
+    assert cityscapes_label_format(Path("a_gtCoarse_labelTrainIds.png")) == CITYSCAPES_TRAIN_IDS
+
+
+def test_missing_coarse_labels_name_the_gt_coarse_folder(cityscapes_copy: Path) -> None:
+    shutil.rmtree(cityscapes_copy / "gtCoarse")
+    (problem,) = scan_cityscapes(cityscapes_copy, "train+train_extra").problems
+    assert f"missing label directory {cityscapes_copy / 'gtCoarse' / 'train_extra'}" in problem
+    assert "_gtCoarse_labelIds.png" in problem
+
+
+def test_a_split_joined_with_an_empty_name_is_refused(cityscapes_tree: Path) -> None:
+    with pytest.raises(DataError, match=r"split 'train\+': expected names joined by '\+'"):
+        scan_cityscapes(cityscapes_tree, "train+")
 
 
 def test_label_train_ids_preferred_when_present(cityscapes_copy: Path) -> None:

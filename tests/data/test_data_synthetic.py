@@ -167,3 +167,46 @@ def test_synthetic_modules_use_the_real_code_path(tmp_path: Path) -> None:
     assert isinstance(camvid, CamVidDataModule)
     camvid.setup("fit")  # without prepare_data: generates on first use (notebooks, scripts)
     assert len(camvid.dataset("train")) == 3
+
+
+def test_coarse_labels_leave_boundaries_unlabeled_and_agree_inside() -> None:
+    scene = render_street_scene(np.random.default_rng(5), 96, 192)
+    coarse = synthetic.coarsen(scene.label_ids, margin=2)
+    labelled = coarse != 0
+    assert np.array_equal(coarse[labelled], scene.label_ids[labelled])  # never a wrong id
+    assert 0.5 < labelled.mean() < (scene.label_ids != 0).mean()  # large areas kept, bands dropped
+    edges = np.diff(scene.label_ids.astype(np.int16), axis=1) != 0  # pixels left of a boundary
+    assert (coarse[:, :-1][edges] == 0).all() and (coarse[:, 1:][edges] == 0).all()
+
+
+def test_train_extra_with_gt_coarse_trains_through_the_real_loader(tmp_path: Path) -> None:
+    dm = SyntheticCityscapesDataModule(
+        root=str(tmp_path / "cs"),
+        **TINY,
+        num_train_extra=2,
+        train_split="train+train_extra",
+        batch_size=5,
+        num_workers=0,
+        crop_size=[32, 32],
+        class_weights="none",
+    )
+    dm.setup("fit")
+    stem = "synthstadt_000000_000000"
+    assert (
+        tmp_path / "cs" / f"gtCoarse/train_extra/synthstadt/{stem}_gtCoarse_labelIds.png"
+    ).is_file()
+    assert not (tmp_path / "cs" / "gtFine" / "train_extra").exists()
+    train = dm.dataset("train")
+    assert len(train) == 3 + 2
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (5, 3, 32, 32)
+    assert set(batch["mask"].unique().tolist()) <= set(range(19)) | {255}
+
+
+def test_train_extra_is_cityscapes_only_and_keeps_old_cache_names() -> None:
+    with pytest.raises(ValueError, match="num_train_extra=2: only the Cityscapes layout"):
+        synthetic.make_settings("camvid", 3, 2, 1, (32, 64), 0, num_train_extra=2)
+    plain = synthetic.make_settings("cityscapes", 3, 2, 1, (32, 64), 0)
+    assert "num_train_extra" not in plain.as_json()  # the make-train cache is not regenerated
+    extra = synthetic.make_settings("cityscapes", 3, 2, 1, (32, 64), 0, num_train_extra=2)
+    assert extra.digest() != plain.digest()

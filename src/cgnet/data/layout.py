@@ -20,13 +20,15 @@ CITYSCAPES_TRAIN_IDS = "cityscapes_labelTrainIds"
 CAMVID_IDS = "camvid"
 
 CS_IMAGE_SUFFIX = "_leftImg8bit.png"
-CS_LABEL_SUFFIX = "_gtFine_labelIds.png"
-CS_TRAIN_ID_SUFFIX = "_gtFine_labelTrainIds.png"
+CS_TRAIN_ID_SUFFIX = "_labelTrainIds.png"
+# train_extra (19,998 images) only has coarse polygons; every other split is read from gtFine.
+CS_COARSE_SPLITS = ("train_extra",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 CITYSCAPES_LAYOUT = (
     "ROOT/leftImg8bit/{split}/CITY/CITY_SEQ_FRAME_leftImg8bit.png paired with "
-    "ROOT/gtFine/{split}/CITY/CITY_SEQ_FRAME_gtFine_labelIds.png (or _gtFine_labelTrainIds.png)"
+    "ROOT/{annotation}/{split}/CITY/CITY_SEQ_FRAME_{annotation}_labelIds.png "
+    "(or _{annotation}_labelTrainIds.png)"
 )
 CAMVID_LAYOUT = "ROOT/{split}/NAME.png paired with ROOT/{split}annot/NAME.png (ids 0..11)"
 MAX_LISTED_PROBLEMS = 20
@@ -74,43 +76,62 @@ def _subdirs(directory: Path) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir())
 
 
-def _missing_root(root: Path, layout: str, split: str) -> str | None:
+def _missing_root(root: Path, layout: str) -> str | None:
     if not root.is_dir():
-        return (
-            f"dataset root {root} does not exist or is not a directory; expected {layout}".format(
-                split=split
-            )
-        )
+        return f"dataset root {root} does not exist or is not a directory; expected {layout}"
     return None
 
 
-def scan_cityscapes(root: Path, split: str) -> SplitScan:
-    """Pairs of leftImg8bit/SPLIT/CITY/*_leftImg8bit.png and gtFine labels; trainval = train + val.
-
-    A *_gtFine_labelTrainIds.png beside the labelIds file is preferred (no mapping needed); _color and
-    _instanceIds files are never labels. The test split may lack gtFine entirely (no ground truth).
-    """
+def joined_splits(split: str) -> list[str] | None:
+    """The parts of a joined split ("train+train_extra"; "trainval" = "train+val"), else None."""
     if split == "trainval":
-        scan = SplitScan(split)
-        for part in ("train", "val"):
-            scan.extend(scan_cityscapes(root, part))
-        return scan
+        return ["train", "val"]
+    if "+" in split:
+        parts = [part.strip() for part in split.split("+")]
+        if not all(parts):
+            raise DataError(f"split {split!r}: expected names joined by '+', e.g. 'train+val'")
+        return parts
+    return None
+
+
+def _scan_joined(scan: Callable[[Path, str], SplitScan], root: Path, split: str) -> SplitScan:
+    joined = SplitScan(split)
+    for part in joined_splits(split) or []:
+        joined.extend(scan(root, part))
+    return joined
+
+
+def cityscapes_annotation(split: str) -> str:
+    """The annotation folder a Cityscapes split is read from: gtCoarse for train_extra, else gtFine."""
+    return "gtCoarse" if split in CS_COARSE_SPLITS else "gtFine"
+
+
+def scan_cityscapes(root: Path, split: str) -> SplitScan:
+    """Pairs of leftImg8bit/SPLIT/CITY/*_leftImg8bit.png and their labels.
+
+    Labels come from gtFine, except train_extra's from gtCoarse (its only annotation). Splits join
+    with '+' ("train+train_extra" is the usual coarse pre-training set; "trainval" = "train+val").
+    A *_labelTrainIds.png beside the labelIds file is preferred (no mapping needed); _color and
+    _instanceIds files are never labels. The test split may lack labels entirely (no ground truth).
+    """
+    if joined_splits(split):
+        return _scan_joined(scan_cityscapes, root, split)
+    annotation = cityscapes_annotation(split)
+    layout = CITYSCAPES_LAYOUT.format(split=split, annotation=annotation)
+    label_suffix = f"_{annotation}_labelIds.png"
+    train_id_suffix = f"_{annotation}{CS_TRAIN_ID_SUFFIX}"
     scan = SplitScan(split)
-    if problem := _missing_root(root, CITYSCAPES_LAYOUT, split):
+    if problem := _missing_root(root, layout):
         scan.problems.append(problem)
         return scan
     image_dir = root / "leftImg8bit" / split
-    label_dir = root / "gtFine" / split
+    label_dir = root / annotation / split
     if not image_dir.is_dir():
-        scan.problems.append(
-            f"missing split directory {image_dir}; expected {CITYSCAPES_LAYOUT.format(split=split)}"
-        )
+        scan.problems.append(f"missing split directory {image_dir}; expected {layout}")
         return scan
     has_labels = label_dir.is_dir()
     if not has_labels and split != "test":
-        scan.problems.append(
-            f"missing label directory {label_dir}; expected {CITYSCAPES_LAYOUT.format(split=split)}"
-        )
+        scan.problems.append(f"missing label directory {label_dir}; expected {layout}")
         return scan
     image_cities = _subdirs(image_dir)
     label_cities = _subdirs(label_dir) if has_labels else []
@@ -124,14 +145,14 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
         if has_labels and (label_dir / city).is_dir():
             names = _files(label_dir / city)
             for name in names:
-                if name.endswith(CS_LABEL_SUFFIX):
-                    labels[name[: -len(CS_LABEL_SUFFIX)]] = (
+                if name.endswith(label_suffix):
+                    labels[name[: -len(label_suffix)]] = (
                         label_dir / city / name,
                         CITYSCAPES_LABEL_IDS,
                     )
             for name in names:  # second pass: labelTrainIds win over labelIds
-                if name.endswith(CS_TRAIN_ID_SUFFIX):
-                    labels[name[: -len(CS_TRAIN_ID_SUFFIX)]] = (
+                if name.endswith(train_id_suffix):
+                    labels[name[: -len(train_id_suffix)]] = (
                         label_dir / city / name,
                         CITYSCAPES_TRAIN_IDS,
                     )
@@ -140,7 +161,7 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
                 label, fmt = labels[stem]
                 scan.samples.append(Sample(stem, image, label, fmt))
             elif has_labels:
-                expected = label_dir / city / f"{stem}{CS_LABEL_SUFFIX}"
+                expected = label_dir / city / f"{stem}{label_suffix}"
                 scan.problems.append(f"image {image} has no label: expected {expected}")
             else:
                 scan.samples.append(Sample(stem, image, None, CITYSCAPES_LABEL_IDS))
@@ -150,27 +171,21 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
                 scan.problems.append(f"label {label} has no image: expected {expected}")
     for city in sorted(set(label_cities) - set(image_cities)):
         for name in _files(label_dir / city):
-            if name.endswith((CS_LABEL_SUFFIX, CS_TRAIN_ID_SUFFIX)):
+            if name.endswith((label_suffix, train_id_suffix)):
                 scan.problems.append(
                     f"label {label_dir / city / name} has no image: expected a folder {image_dir / city}"
                 )
     if not scan.samples and not scan.problems:
-        scan.problems.append(
-            f"no *{CS_IMAGE_SUFFIX} images under {image_dir}; "
-            f"expected {CITYSCAPES_LAYOUT.format(split=split)}"
-        )
+        scan.problems.append(f"no *{CS_IMAGE_SUFFIX} images under {image_dir}; expected {layout}")
     return scan
 
 
 def scan_camvid(root: Path, split: str) -> SplitScan:
-    """Pairs of SPLIT/NAME.png and SPLITannot/NAME.png (SegNet tutorial layout); trainval = train + val."""
-    if split == "trainval":
-        scan = SplitScan(split)
-        for part in ("train", "val"):
-            scan.extend(scan_camvid(root, part))
-        return scan
+    """Pairs of SPLIT/NAME.png and SPLITannot/NAME.png (SegNet tutorial layout); '+' joins splits."""
+    if joined_splits(split):
+        return _scan_joined(scan_camvid, root, split)
     scan = SplitScan(split)
-    if problem := _missing_root(root, CAMVID_LAYOUT, split):
+    if problem := _missing_root(root, CAMVID_LAYOUT.format(split=split)):
         scan.problems.append(problem)
         return scan
     image_dir, label_dir = root / split, root / f"{split}annot"
@@ -207,6 +222,7 @@ def scan_camvid(root: Path, split: str) -> SplitScan:
 
 
 def cityscapes_label_format(label: Path) -> str:
+    """gtFine and gtCoarse share the label ids: only labelIds vs labelTrainIds matters."""
     return CITYSCAPES_TRAIN_IDS if label.name.endswith(CS_TRAIN_ID_SUFFIX) else CITYSCAPES_LABEL_IDS
 
 

@@ -27,14 +27,20 @@ from cityscapesscripts.helpers.labels import labels as _cs_labels
 
 from cgnet.data.cache import cache_dir
 from cgnet.data.errors import DataError
+from cgnet.data.layout import cityscapes_annotation
 from cgnet.data.scene import Scene, render_street_scene
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when scenes change, so caches of the old look are not reused
 MARKER = "cgnet_synthetic.json"
-SPLITS = ("train", "val", "test")
-CITIES = {"train": ("synthtown", "synthville"), "val": ("synthburg",), "test": ("synthdorf",)}
+SPLITS = ("train", "val", "test", "train_extra")
+CITIES = {
+    "train": ("synthtown", "synthville"),
+    "val": ("synthburg",),
+    "test": ("synthdorf",),
+    "train_extra": ("synthstadt",),
+}
 
 Layout = Literal["cityscapes", "camvid"]
 
@@ -49,14 +55,22 @@ class SyntheticSettings:
     num_test: int
     image_size: tuple[int, int]
     seed: int
+    num_train_extra: int = 0
     version: int = GENERATOR_VERSION
 
     def counts(self) -> dict[str, int]:
-        return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+        return {
+            "train": self.num_train,
+            "val": self.num_val,
+            "test": self.num_test,
+            "train_extra": self.num_train_extra,
+        }
 
     def as_json(self) -> dict[str, object]:
         payload = asdict(self)
         payload["image_size"] = list(self.image_size)
+        if not self.num_train_extra:  # caches generated before train_extra existed stay valid
+            del payload["num_train_extra"]
         return payload
 
     def digest(self) -> str:
@@ -70,13 +84,24 @@ def make_settings(
     num_test: int,
     image_size: Sequence[int],
     seed: int,
+    num_train_extra: int = 0,
 ) -> SyntheticSettings:
     if len(image_size) != 2:
         raise ValueError(f"image_size must be [H, W], got {list(image_size)}")
-    if min(num_train, num_val, num_test) < 0:
-        raise ValueError("image counts must be >= 0")
+    if min(num_train, num_val, num_test, num_train_extra) < 0:
+        raise ValueError(
+            f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}, "
+            f"num_test={num_test}, num_train_extra={num_train_extra}"
+        )
+    if num_train_extra and layout != "cityscapes":
+        raise ValueError(
+            f"num_train_extra={num_train_extra}: only the Cityscapes layout has a train_extra split "
+            "(coarse labels); use 0 for CamVid"
+        )
     size = (int(image_size[0]), int(image_size[1]))
-    return SyntheticSettings(layout, int(num_train), int(num_val), int(num_test), size, int(seed))
+    return SyntheticSettings(
+        layout, int(num_train), int(num_val), int(num_test), size, int(seed), int(num_train_extra)
+    )
 
 
 def default_root(settings: SyntheticSettings) -> Path:
@@ -120,20 +145,34 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     path.write_bytes(buffer.tobytes())
 
 
+def coarsen(label_ids: np.ndarray, margin: int) -> np.ndarray:
+    """Labels the way gtCoarse draws them: regions shrunk away from every boundary, the band between
+    them unlabeled (id 0), and objects thinner than the band gone, as annotators' rough polygons do."""
+    kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
+    uniform = cv2.erode(label_ids, kernel) == cv2.dilate(label_ids, kernel)
+    return np.where(uniform, label_ids, 0).astype(np.uint8)
+
+
 def _write_cityscapes(root: Path, split: str, index: int, scene: Scene) -> None:
     cities = CITIES[split]
     city = cities[index % len(cities)]
     stem = f"{city}_000000_{index:06d}"
+    annotation = cityscapes_annotation(split)
     image_dir = root / "leftImg8bit" / split / city
-    label_dir = root / "gtFine" / split / city
+    label_dir = root / annotation / split / city
     image_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
     _write_png(image_dir / f"{stem}_leftImg8bit.png", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
-    _write_png(label_dir / f"{stem}_gtFine_labelIds.png", scene.label_ids)
+    labels = scene.label_ids
+    if annotation == "gtCoarse":
+        labels = coarsen(labels, margin=max(2, labels.shape[0] // 48))
+    _write_png(label_dir / f"{stem}_{annotation}_labelIds.png", labels)
     # Written like the real dataset has them, so tests prove the loader never takes them as labels.
-    colour = _CS_COLOURS[scene.label_ids]
-    _write_png(label_dir / f"{stem}_gtFine_color.png", cv2.cvtColor(colour, cv2.COLOR_RGB2BGR))
-    _write_png(label_dir / f"{stem}_gtFine_instanceIds.png", scene.instance_ids)
+    colour = _CS_COLOURS[labels]
+    _write_png(
+        label_dir / f"{stem}_{annotation}_color.png", cv2.cvtColor(colour, cv2.COLOR_RGB2BGR)
+    )
+    _write_png(label_dir / f"{stem}_{annotation}_instanceIds.png", scene.instance_ids)
 
 
 def _write_camvid(root: Path, split: str, index: int, scene: Scene) -> None:
@@ -217,9 +256,13 @@ def generate_cityscapes(
     num_test: int = 10,
     image_size: Sequence[int] = (256, 512),
     seed: int = 0,
+    num_train_extra: int = 0,
 ) -> Path:
-    """Synthetic scenes in the Cityscapes layout (leftImg8bit + gtFine labelIds/color/instanceIds)."""
-    settings = make_settings("cityscapes", num_train, num_val, num_test, image_size, seed)
+    """Synthetic scenes in the Cityscapes layout (leftImg8bit + gtFine labelIds/color/instanceIds;
+    train_extra with gtCoarse labels when num_train_extra > 0)."""
+    settings = make_settings(
+        "cityscapes", num_train, num_val, num_test, image_size, seed, num_train_extra
+    )
     return generate(settings, Path(root) if root is not None else None)
 
 

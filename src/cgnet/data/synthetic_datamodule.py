@@ -68,9 +68,25 @@ class _Synthetic:
 
 
 class SyntheticCityscapesDataModule(_Synthetic, CityscapesDataModule):
-    """Generated street scenes in the Cityscapes layout, loaded by CityscapesDataModule's code."""
+    """Generated street scenes in the Cityscapes layout, loaded by CityscapesDataModule's code.
+
+    ``num_train_extra`` > 0 adds a train_extra split with gtCoarse labels, as the real dataset has.
+    """
 
     layout: Layout = "cityscapes"
+
+    def __init__(self, *, num_train_extra: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        fine = self.settings
+        self.settings = make_settings(
+            fine.layout,
+            fine.num_train,
+            fine.num_val,
+            fine.num_test,
+            fine.image_size,
+            fine.seed,
+            num_train_extra,
+        )
 
 
 class SyntheticCamVidDataModule(_Synthetic, CamVidDataModule):

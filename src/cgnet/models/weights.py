@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +254,7 @@ def load_weights(
     source: str | os.PathLike[str] | Mapping[str, Any],
     *,
     strict: bool = True,
+    skip: Sequence[str] = (),
 ) -> LoadReport:
     """Load a checkpoint of any known layout into ``model``, all or nothing.
 
@@ -265,6 +266,9 @@ def load_weights(
             an in-memory state dict / checkpoint dict.
         strict: with False, missing and unexpected keys are tolerated (and counted in the notes);
             shape conflicts and unknown layouts still raise.
+        skip: prefixes of the model's parameter names (ours, e.g. ``"classifier."``) to leave at
+            their current values, whatever the checkpoint holds for them: fine-tuning weights of
+            another dataset starts a fresh classifier.
 
     Raises:
         WeightsMismatchError: unknown layout, or keys/shapes that do not fit the model; the message
@@ -291,6 +295,13 @@ def load_weights(
 
     target = model.state_dict()
     wanted = {name(k): k for k in target}
+    skipped = {f for f, k in wanted.items() if k.startswith(tuple(skip))}
+    if skipped:
+        wanted = {f: k for f, k in wanted.items() if f not in skipped}
+        available = {f: v for f, v in available.items() if f not in skipped}
+        notes.append(
+            f"kept {len(skipped)} entries at their current values: {_listing(sorted(skipped))}"
+        )
     missing = [f for f, k in wanted.items() if f not in available]
     # Checkpoints older than PyTorch 0.4.1 lack BN batch counters; only momentum=None reads them.
     counters = [f for f in missing if f.endswith("num_batches_tracked")]
@@ -327,7 +338,7 @@ def load_weights(
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in floats))
         notes.append(f"checkpoint stores {names}: cast to the model's dtype")
 
-    model.load_state_dict(converted, strict=not missing)
+    model.load_state_dict(converted, strict=not (missing or skipped))
     notes += _set_bn_eps(model, _FORMAT_BN_EPS.get(fmt), fmt, force_note=fmt == "sssegmentation")
     return LoadReport(fmt, num_loaded, source_name, tuple(notes))
 
