@@ -157,6 +157,12 @@ def test_pretrained_weights_start_a_new_run(data_root: Path, tmp_path: Path) -> 
     assert all(torch.equal(theirs[k], ours[k]) for k in ours if not k.startswith("classifier."))
     assert torch.equal(module.net.classifier.weight, classifier)
 
+    eps = compose_config("train", [*overrides, "model.bn_eps=1e-5"], tmp_path / "eps")
+    with pytest.raises(
+        ConfigError, match=r"BatchNorm eps 0\.001 \(official format\).*bn_eps=0\.001"
+    ):
+        load_pretrained(eps, build_module(eps, datamodule))
+
     summary = run(compose_config("train", [*overrides, "trainer.max_epochs=1"], tmp_path / "run"))
     last = torch.load(summary["last_checkpoint"], weights_only=False)
     assert last["global_step"] == 2  # a new run: two steps of 8 images in batches of 4
