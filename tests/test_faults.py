@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -83,6 +84,18 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # the curves too: what was logged before the kill is kept, and each step appears once
+    assert losses(killed) == losses(full) and len(losses(full)) == 6
+
+
+def losses(run_dir: Path) -> list[tuple[str, str]]:
+    """(step, train/loss_step) rows of a run's metrics.csv."""
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        return [
+            (r["step"], r["train/loss_step"])
+            for r in csv.DictReader(file)
+            if r.get("train/loss_step")
+        ]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from pathlib import Path
@@ -104,9 +105,17 @@ def test_train_saves_checkpoints_and_resumes_at_the_saved_step(
     steps_per_epoch = torch.load(last, weights_only=False)["global_step"]
     assert steps_per_epoch == 2  # 8 images, batch 4, drop_last
 
+    metrics = run_dir / "csv" / "metrics.csv"
+    first_rows = metrics.read_text().splitlines()[1:]
     more = [*tiny_overrides(data_root, tmp_path), "trainer.max_epochs=2", "ckpt_path=last"]
     run(compose_config("train", more, run_dir))
     resumed = torch.load(last, weights_only=False)
+    with metrics.open() as file:  # the curves before the resume are kept, each step logged once
+        rows = list(csv.DictReader(file))
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert loss_steps == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows if r.get("val/mIoU")] == ["0", "1"]
+    assert len(rows) > len(first_rows) > 0
     assert resumed["global_step"] == 2 * steps_per_epoch
     assert resumed["epoch"] == 1
     sched = resumed["lr_schedulers"][0]
