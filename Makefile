@@ -11,10 +11,10 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help install test lint format train clean
+.PHONY: help install test lint format train clean device-wheels
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ format: $(STAMP) ## ruff fix + format
 
 train: $(VENV)/.runtime ## Train CGNet on the bundled synthetic street scenes (CPU, a few minutes); ARGS= adds overrides
 	$(PY) -m cgnet.train $(ARGS)
+
+device-wheels: ## Fetch the wheels a bare CUDA box lacks into .whl/, for scripts/gpu_checks.sh
+	bash scripts/device_wheels.sh
 
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
