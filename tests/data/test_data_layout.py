@@ -68,7 +68,7 @@ def test_missing_coarse_labels_name_the_gt_coarse_folder(cityscapes_copy: Path) 
     shutil.rmtree(cityscapes_copy / "gtCoarse")
     (problem,) = scan_cityscapes(cityscapes_copy, "train+train_extra").problems
     assert f"missing label directory {cityscapes_copy / 'gtCoarse' / 'train_extra'}" in problem
-    assert "_gtCoarse_labelIds.png" in problem
+    assert "_gtCoarse_labelIds.png" in problem and "package gtCoarse.zip" in problem
 
 
 def test_a_split_joined_with_an_empty_name_is_refused(cityscapes_tree: Path) -> None:

@@ -106,6 +106,14 @@ def cityscapes_annotation(split: str) -> str:
     return "gtCoarse" if split in CS_COARSE_SPLITS else "gtFine"
 
 
+def _package_hint(split: str, kind: str) -> str:
+    """The download that holds a coarse split's files, which the fine packages do not include."""
+    if split not in CS_COARSE_SPLITS:
+        return ""
+    package = "leftImg8bit_trainextra.zip" if kind == "images" else "gtCoarse.zip"
+    return f" (from the Cityscapes package {package})"
+
+
 def scan_cityscapes(root: Path, split: str) -> SplitScan:
     """Pairs of leftImg8bit/SPLIT/CITY/*_leftImg8bit.png and their labels.
 
@@ -127,11 +135,15 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
     image_dir = root / "leftImg8bit" / split
     label_dir = root / annotation / split
     if not image_dir.is_dir():
-        scan.problems.append(f"missing split directory {image_dir}; expected {layout}")
+        scan.problems.append(
+            f"missing split directory {image_dir}; expected {layout}{_package_hint(split, 'images')}"
+        )
         return scan
     has_labels = label_dir.is_dir()
     if not has_labels and split != "test":
-        scan.problems.append(f"missing label directory {label_dir}; expected {layout}")
+        scan.problems.append(
+            f"missing label directory {label_dir}; expected {layout}{_package_hint(split, 'labels')}"
+        )
         return scan
     image_cities = _subdirs(image_dir)
     label_cities = _subdirs(label_dir) if has_labels else []
