@@ -204,9 +204,12 @@ def test_cli_typo_exits_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_job_multirun_gets_two_folders(data_root: Path, tmp_path: Path) -> None:
-    args = ["-m", *tiny_overrides(data_root, tmp_path), "model.N=2,3", "preview=false"]
-    result = run_cli("cgnet.train", args, cwd=tmp_path)
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_two_job_multirun_gets_two_folders(devices: int, data_root: Path, tmp_path: Path) -> None:
+    """With 2 processes per job too: re-launched DDP ranks would each re-run the sweep (SPEC 7),
+    so a local multirun spawns them, and still makes one sweep folder."""
+    args = ["-m", *tiny_overrides(data_root, tmp_path), "model.N=2,3", f"trainer.devices={devices}"]
+    result = run_cli("cgnet.train", [*args, "preview=false"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweeps = list((tmp_path / "train" / "multiruns").iterdir())
     assert len(sweeps) == 1
@@ -215,7 +218,10 @@ def test_two_job_multirun_gets_two_folders(data_root: Path, tmp_path: Path) -> N
     for job, n in zip(jobs, (2, 3), strict=True):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert n == OmegaConf.load(job / ".hydra" / "config.yaml").model.N
-        assert math.isfinite(read_summary(job)["val/mIoU_best"])
+        summary = read_summary(job)
+        assert math.isfinite(summary["val/mIoU_best"])
+        assert summary["checkpoint"] == str(job / "checkpoints" / "best.ckpt")
+    assert ("-> ddp_spawn" in result.stdout + result.stderr) == (devices > 1)
 
 
 @pytest.mark.slow

@@ -19,8 +19,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 
 from cgnet.callbacks import finish_wandb, log_run_info  # also registers the W&B name resolvers
@@ -98,11 +101,36 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
         trainer_cfg["sync_batchnorm"] = False  # SyncBatchNorm needs GPUs; CPU DDP keeps local BN
     check_devices(trainer_cfg)
+    spawn_ddp_in_local_multirun(trainer_cfg)
     try:
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     except Exception as err:  # Lightning's MisconfigurationException, wrapped by Hydra
         cause = err.__cause__ or err
         raise ConfigError(f"trainer: {cause}") from None
+
+
+def spawn_ddp_in_local_multirun(trainer_cfg: dict[str, Any]) -> None:
+    """Multi-process jobs of a local Hydra multirun start their ranks with ddp_spawn.
+
+    Lightning's default DDP launcher starts the other ranks by re-running this command line, which in a
+    multirun (`-m`) re-runs the whole sweep in every rank: each rank writes its own sweep folder and
+    a sweeper that draws its values (Optuna) hands the ranks different jobs. Spawned ranks run inside
+    the job instead. A cluster that starts the ranks itself (SLURM, torchrun) needs neither.
+    """
+    devices = trainer_cfg.get("devices")
+    processes = len(devices) if isinstance(devices, list) else devices
+    many = (isinstance(processes, int) and processes > 1) or trainer_cfg.get("num_nodes", 1) > 1
+    if not many or trainer_cfg.get("strategy") not in ("auto", "ddp", None):
+        return
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    log.info(
+        "multirun: trainer.strategy=%s -> ddp_spawn (re-launched ranks would re-run the whole sweep)",
+        trainer_cfg.get("strategy"),
+    )
+    trainer_cfg["strategy"] = "ddp_spawn"
 
 
 def check_devices(trainer_cfg: dict[str, Any]) -> None:
@@ -225,15 +253,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary["metrics"] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
     }
-    best_path = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor), "")
+    best_path = next((_saved_path(cb) for cb in trainer.checkpoint_callbacks if cb.monitor), "")
     if cfg.train and best_path:
         summary["checkpoint"] = best_path
         state = torch.load(best_path, map_location=module.device, weights_only=False)
         module.load_state_dict(state["state_dict"])
     # checkpoints/last.ckpt is an unmonitored ModelCheckpoint: its "best" is the latest save.
-    last_path = next(
-        (cb.best_model_path for cb in trainer.checkpoint_callbacks if not cb.monitor), ""
-    )
+    last_path = next((_saved_path(cb) for cb in trainer.checkpoint_callbacks if not cb.monitor), "")
     if cfg.train and last_path:
         summary["last_checkpoint"] = last_path
     summary["val/mIoU_best"] = float(module.best_miou)
@@ -249,6 +275,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             summary["preview"] = str(picture) if picture else None
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _saved_path(callback: ModelCheckpoint) -> str:
+    """Where a checkpoint callback saved. Spawned DDP ranks hand only the first callback's path back
+    to the main process, so for the others the fixed file name is looked up on disk."""
+    if callback.best_model_path:
+        return callback.best_model_path
+    if callback.dirpath and callback.filename:
+        path = Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
+        if path.is_file():
+            return str(path)
+    return ""
 
 
 def report(summary: dict[str, Any]) -> None:
