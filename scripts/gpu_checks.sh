@@ -38,7 +38,7 @@ if [ -f .whl/cgnet_official_camvid_m3n21.pth ]; then
     WEIGHTS=(ckpt_path="$PWD/.whl/cgnet_official_camvid_m3n21.pth" num_classes=11)
 fi
 
-step inference 210 python3 -m cgnet.benchmark device=cuda "${WEIGHTS[@]}" \
+step inference 180 python3 -m cgnet.benchmark device=cuda "${WEIGHTS[@]}" \
     'variants=[eager,fast,compile,cuda_graphs,compile_cuda_graphs,bf16]' repeats=50 warmup=10 \
     train_throughput.enabled=false output="$OUT/gpu_inference.json" markdown="$OUT/gpu_inference.md"
 
@@ -55,4 +55,9 @@ for precision in bf16-mixed 16-mixed; do
         data.num_workers=4 paths.log_dir=/tmp/cgnet-logs hydra.run.dir="/tmp/cgnet-logs/$precision"
     cp "/tmp/cgnet-logs/$precision/summary.json" "$OUT/train_$precision.json" 2>/dev/null
 done
+# trainer.deterministic=true on CUDA: torch refuses ops without a deterministic CUDA kernel (bilinear
+# upsampling's backward may be one); the log says whether the project's training step passes.
+step deterministic 60 python3 -m cgnet.train trainer=gpu trainer.deterministic=true \
+    trainer.max_epochs=1 data.num_train=32 data.num_val=10 data.num_workers=2 preview=false \
+    paths.log_dir=/tmp/cgnet-logs hydra.run.dir=/tmp/cgnet-logs/deterministic
 ls -l "$OUT"
