@@ -222,6 +222,7 @@ def test_two_job_multirun_gets_two_folders(devices: int, data_root: Path, tmp_pa
         assert math.isfinite(summary["val/mIoU_best"])
         assert summary["checkpoint"] == str(job / "checkpoints" / "best.ckpt")
     assert ("-> ddp_spawn" in result.stdout + result.stderr) == (devices > 1)
+    assert "💡 Tip" not in result.stdout + result.stderr  # Lightning's product notes are filtered
 
 
 @pytest.mark.slow

@@ -35,6 +35,17 @@ from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
 from cgnet.visualize import panel, save_rgb
 
 log = logging.getLogger("cgnet.train")
+
+
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing ..." product notes from every run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoLightningTips())
 console = Console(soft_wrap=True)
 
 # A short random id per process, so run folders of jobs started in the same second never collide.
