@@ -46,6 +46,7 @@ class _NoLightningTips(logging.Filter):
 
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_NoLightningTips())
+
 console = Console(soft_wrap=True)
 
 # A short random id per process, so run folders of jobs started in the same second never collide.
@@ -130,7 +131,7 @@ def spawn_ddp_in_local_multirun(trainer_cfg: dict[str, Any]) -> None:
     """
     devices = trainer_cfg.get("devices")
     processes = len(devices) if isinstance(devices, list) else devices
-    many = (isinstance(processes, int) and processes > 1) or trainer_cfg.get("num_nodes", 1) > 1
+    many = (isinstance(processes, int) and processes > 1) or (trainer_cfg.get("num_nodes") or 1) > 1
     if not many or trainer_cfg.get("strategy") not in ("auto", "ddp", None):
         return
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
