@@ -94,9 +94,11 @@ def joined_splits(split: str) -> list[str] | None:
     return None
 
 
-def _scan_joined(scan: Callable[[Path, str], SplitScan], root: Path, split: str) -> SplitScan:
+def _scan_joined(
+    scan: Callable[[Path, str], SplitScan], root: Path, split: str, parts: list[str]
+) -> SplitScan:
     joined = SplitScan(split)
-    for part in joined_splits(split) or []:
+    for part in parts:
         joined.extend(scan(root, part))
     return joined
 
@@ -122,8 +124,8 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
     A *_labelTrainIds.png beside the labelIds file is preferred (no mapping needed); _color and
     _instanceIds files are never labels. The test split may lack labels entirely (no ground truth).
     """
-    if joined_splits(split):
-        return _scan_joined(scan_cityscapes, root, split)
+    if parts := joined_splits(split):
+        return _scan_joined(scan_cityscapes, root, split, parts)
     annotation = cityscapes_annotation(split)
     layout = CITYSCAPES_LAYOUT.format(split=split, annotation=annotation)
     label_suffix = f"_{annotation}_labelIds.png"
@@ -194,8 +196,8 @@ def scan_cityscapes(root: Path, split: str) -> SplitScan:
 
 def scan_camvid(root: Path, split: str) -> SplitScan:
     """Pairs of SPLIT/NAME.png and SPLITannot/NAME.png (SegNet tutorial layout); '+' joins splits."""
-    if joined_splits(split):
-        return _scan_joined(scan_camvid, root, split)
+    if parts := joined_splits(split):
+        return _scan_joined(scan_camvid, root, split, parts)
     scan = SplitScan(split)
     if problem := _missing_root(root, CAMVID_LAYOUT.format(split=split)):
         scan.problems.append(problem)

@@ -58,6 +58,16 @@ class SyntheticSettings:
     num_train_extra: int = 0
     version: int = GENERATOR_VERSION
 
+    def __post_init__(self) -> None:
+        if min(self.counts().values()) < 0:
+            counts = ", ".join(f"num_{split}={n}" for split, n in self.counts().items())
+            raise ValueError(f"image counts must be >= 0, got {counts}")
+        if self.num_train_extra and self.layout != "cityscapes":
+            raise ValueError(
+                f"num_train_extra={self.num_train_extra}: only the Cityscapes layout has a "
+                "train_extra split (coarse labels); use 0 for CamVid"
+            )
+
     def counts(self) -> dict[str, int]:
         return {
             "train": self.num_train,
@@ -88,16 +98,6 @@ def make_settings(
 ) -> SyntheticSettings:
     if len(image_size) != 2:
         raise ValueError(f"image_size must be [H, W], got {list(image_size)}")
-    if min(num_train, num_val, num_test, num_train_extra) < 0:
-        raise ValueError(
-            f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}, "
-            f"num_test={num_test}, num_train_extra={num_train_extra}"
-        )
-    if num_train_extra and layout != "cityscapes":
-        raise ValueError(
-            f"num_train_extra={num_train_extra}: only the Cityscapes layout has a train_extra split "
-            "(coarse labels); use 0 for CamVid"
-        )
     size = (int(image_size[0]), int(image_size[1]))
     return SyntheticSettings(
         layout, int(num_train), int(num_val), int(num_test), size, int(seed), int(num_train_extra)

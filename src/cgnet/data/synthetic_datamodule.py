@@ -7,6 +7,7 @@ folder in prepare_data); finding, decoding, augmenting and batching is the real 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,7 @@ class SyntheticCityscapesDataModule(_Synthetic, CityscapesDataModule):
 
     def __init__(self, *, num_train_extra: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        fine = self.settings
-        self.settings = make_settings(
-            fine.layout,
-            fine.num_train,
-            fine.num_val,
-            fine.num_test,
-            fine.image_size,
-            fine.seed,
-            num_train_extra,
-        )
+        self.settings = replace(self.settings, num_train_extra=int(num_train_extra))
 
 
 class SyntheticCamVidDataModule(_Synthetic, CamVidDataModule):
