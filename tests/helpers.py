@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -82,6 +83,12 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's csv/metrics.csv (the default logger's curves)."""
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        return list(csv.DictReader(file))
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from cgnet.train import run
-from helpers import compose_config, run_cli, tiny_overrides
+from helpers import compose_config, read_metrics, run_cli, tiny_overrides
 
 TESTS = Path(__file__).resolve().parent
 
@@ -90,12 +89,9 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(
 
 def losses(run_dir: Path) -> list[tuple[str, str]]:
     """(step, train/loss_step) rows of a run's metrics.csv."""
-    with (run_dir / "csv" / "metrics.csv").open() as file:
-        return [
-            (r["step"], r["train/loss_step"])
-            for r in csv.DictReader(file)
-            if r.get("train/loss_step")
-        ]
+    return [
+        (r["step"], r["train/loss_step"]) for r in read_metrics(run_dir) if r.get("train/loss_step")
+    ]
 
 
 @pytest.mark.slow

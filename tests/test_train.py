@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from cgnet.config import ConfigError
 from cgnet.models import CGNet, export_weights
 from cgnet.module import SegmentationModule
 from cgnet.train import build_module, build_trainer, load_pretrained, report, run, validate
-from helpers import compose_config, read_summary, run_cli, tiny_overrides
+from helpers import compose_config, read_metrics, read_summary, run_cli, tiny_overrides
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -105,13 +104,11 @@ def test_train_saves_checkpoints_and_resumes_at_the_saved_step(
     steps_per_epoch = torch.load(last, weights_only=False)["global_step"]
     assert steps_per_epoch == 2  # 8 images, batch 4, drop_last
 
-    metrics = run_dir / "csv" / "metrics.csv"
-    first_rows = metrics.read_text().splitlines()[1:]
+    first_rows = read_metrics(run_dir)
     more = [*tiny_overrides(data_root, tmp_path), "trainer.max_epochs=2", "ckpt_path=last"]
     run(compose_config("train", more, run_dir))
     resumed = torch.load(last, weights_only=False)
-    with metrics.open() as file:  # the curves before the resume are kept, each step logged once
-        rows = list(csv.DictReader(file))
+    rows = read_metrics(run_dir)  # the curves before the resume are kept, each step logged once
     loss_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
     assert loss_steps == [0, 1, 2, 3]
     assert [r["epoch"] for r in rows if r.get("val/mIoU")] == ["0", "1"]
