@@ -20,9 +20,9 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from cgnet.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and the fix."""
+__all__ = ["ConfigError", "check_arguments", "check_target_node", "matches", "plain"]
 
 
 _SEQUENCES = (

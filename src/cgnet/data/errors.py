@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from cgnet.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """A dataset on disk is missing, incomplete or malformed.
 
     The message always names the offending path and what was expected there. The constructor takes a
     single message so the exception survives DataLoader workers (PyTorch re-raises a worker's error
     by calling its type with the formatted message).
     """
+
+    kind = "data error"
