@@ -45,5 +45,5 @@ train: $(VENV)/.runtime ## Train CGNet on the bundled synthetic street scenes (C
 device-wheels: ## Fetch the wheels a bare CUDA box lacks into .whl/, for scripts/gpu_checks.sh
 	bash scripts/device_wheels.sh
 
-clean: ## Remove caches and run outputs (keeps .venv)
-	rm -rf outputs multirun .pytest_cache .ruff_cache
+clean: ## Remove run outputs (logs/, outputs/, multirun/) and tool caches (keeps .venv)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the authors' reference artefacts and small helpers."""
+"""Shared fixtures: the authors' reference artefacts (tests/fixtures/reference) and small helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "fixtures" / "reference"
+REFERENCE_FILES = ("cgnet_official_camvid_m3n21.pth", "official_camvid_logits.pt")
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +20,13 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    if not (REFERENCE / "cgnet_official_camvid_m3n21.pth").exists():
-        pytest.skip(f"authors' reference artefacts not found in {REFERENCE}")
+    """The authors' CamVid weights and their code's logits, committed with the tests: a missing file
+    is a broken checkout, so it fails every test that needs it instead of skipping them."""
+    missing = [name for name in REFERENCE_FILES if not (REFERENCE / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"reference artefacts missing from {REFERENCE}: {', '.join(missing)}", pytrace=False
+        )
     return REFERENCE
 
 

@@ -39,7 +39,7 @@ def compose_benchmark(*overrides: str, hydra: bool = False) -> DictConfig:
         )
 
 
-def test_defaults_are_the_issue_settings() -> None:
+def test_defaults_are_the_documented_settings() -> None:
     cfg = compose_benchmark(hydra=True)
     assert cfg.sizes == [[1024, 2048], [512, 1024]] and cfg.batch == 1
     assert list(cfg.variants) == ["eager", "fast", "compile", "onnxruntime"]

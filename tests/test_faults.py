@@ -1,4 +1,4 @@
-"""Fault tests: kills and resumes, non-finite losses, reproducibility (issue: reliability)."""
+"""Fault tests: kills and resumes, non-finite losses, reproducibility (docs/faults.md)."""
 
 from __future__ import annotations
 

@@ -203,7 +203,7 @@ def test_cli_typo_exits_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_job_multirun_gets_two_folders(devices: int, data_root: Path, tmp_path: Path) -> None:
-    """With 2 processes per job too: re-launched DDP ranks would each re-run the sweep (SPEC 7),
+    """With 2 processes per job too: re-launched DDP ranks would each re-run the sweep,
     so a local multirun spawns them, and still makes one sweep folder."""
     args = ["-m", *tiny_overrides(data_root, tmp_path), "model.N=2,3", f"trainer.devices={devices}"]
     result = run_cli("cgnet.train", [*args, "preview=false"], cwd=tmp_path)

@@ -20,8 +20,8 @@ class SegmentationConfusionMatrix(MulticlassConfusionMatrix):
 
     ``update`` takes logits [B, C, H, W] or labels [B, H, W] and skips ``ignore_index`` pixels. It counts
     with one ``bincount`` and no boolean indexing, so it neither syncs the GPU nor takes torchmetrics'
-    deterministic-mode fallback that allocates [N, C^2] (SPEC section 7). Integer counts are exact in any
-    order, so the result is deterministic anyway.
+    deterministic-mode fallback, which compares every pixel with all C^2 bins in an [N, C^2] tensor.
+    Integer counts are exact in any order, so the result is deterministic anyway.
     """
 
     full_state_update = False

@@ -124,7 +124,7 @@ def test_photometric_changes_colours_only() -> None:
 
 
 def test_strict_compose_refuses_the_old_mask_value_keyword() -> None:
-    """The SPEC section 7 trap: albumentations 2.x ignores mask_value= unless strict."""
+    """albumentations 2.x ignores unknown keyword arguments such as mask_value= unless strict."""
     with (
         pytest.warns(UserWarning, match="mask_value"),
         pytest.raises(ValueError, match="mask_value"),

@@ -1,4 +1,5 @@
-"""Each DataLoader worker and each epoch draws its own augmentations (the SPEC section 7 trap)."""
+"""Each DataLoader worker and each epoch draws its own augmentations (forked workers would otherwise
+inherit identical copies of albumentations' random state)."""
 
 from __future__ import annotations
 

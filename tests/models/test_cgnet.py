@@ -1,4 +1,4 @@
-"""The network's layout, switches and shapes against the official numbers in SPEC.md section 1."""
+"""The network's layout, switches and shapes against the parameter counts of the authors' network."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_official_parameter_counts(classes: int, expected: int) -> None:
 @pytest.mark.parametrize("M", [1, 2, 3, 5])
 @pytest.mark.parametrize("N", [1, 2, 3, 9, 21])
 def test_parameter_formula_over_depth_grid(M: int, N: int) -> None:
-    # SPEC's formula is measured for M, N >= 2; our M=1 / N=1 reuse the CG-Down output in the join,
+    # The formula was fitted to the authors' network for M, N >= 2; our M=1 / N=1 reuse the CG-Down output in the join,
     # so the formula extends to them too.
     assert n_params(CGNet(19, M, N)) == expected_num_parameters(19, M, N)
 

@@ -63,7 +63,8 @@ def _cityscapes_info() -> DatasetInfo:
 
 CITYSCAPES = _cityscapes_info()
 
-# SegNet tutorial's 11 CamVid classes (SPEC section 3) and its colours; label 11 is void.
+# SegNet tutorial's 11 CamVid classes (those the authors' CamVid model predicts) and its colours;
+# label 11 is void.
 CAMVID = DatasetInfo(
     name="camvid",
     class_names=(
@@ -95,7 +96,7 @@ CAMVID = DatasetInfo(
 )
 CAMVID_VOID = 11
 
-# Published Cityscapes class weights (mmseg's copy of the official list, SPEC section 4), by trainId.
+# Published Cityscapes class weights (mmseg's copy of the official list), by trainId.
 CITYSCAPES_PUBLISHED_WEIGHTS: tuple[float, ...] = (
     2.5959933,
     6.7415504,

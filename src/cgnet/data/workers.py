@@ -23,8 +23,8 @@ def process_rank() -> int:
 def seed_worker(worker_id: int) -> None:
     """worker_init_fn: reseed numpy, random and the dataset's albumentations Compose.
 
-    albumentations' Compose owns its RNG, which each forked worker would otherwise inherit unchanged
-    (SPEC section 7), so all workers would draw the same crops and flips. torch gives each worker a
+    albumentations' Compose owns its RNG, which each forked worker would otherwise inherit unchanged,
+    so all workers would draw the same crops and flips. torch gives each worker a
     distinct seed (base seed + worker id; a fresh base seed every epoch unless workers persist, in
     which case each worker's stream simply continues) derived from the global torch seed, so runs
     stay reproducible under `seed_everything`. `seed_everything` gives every DDP rank the same base

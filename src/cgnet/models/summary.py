@@ -1,4 +1,4 @@
-"""Parameters and multiply-adds of CGNet, per stage, as the paper and SPEC section 1 count them.
+"""Parameters and multiply-adds of CGNet, per stage, counted the way the paper counts them.
 
 Only convolutions and linear layers count (a conv costs output elements x in_channels/groups x kh x kw
 multiply-adds; bias, BatchNorm, PReLU, pooling and the final bilinear resize are free), which is how

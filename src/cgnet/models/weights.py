@@ -1,6 +1,6 @@
 """Load CGNet weights from every checkpoint layout in circulation, and write them back out.
 
-Layouts (SPEC section 2): the authors' official code, mmsegmentation, sssegmentation, and ours (a
+Layouts: the authors' official code, mmsegmentation, sssegmentation, and ours (a
 plain ``CGNet.state_dict()`` or a Lightning checkpoint of the training module, whose network is
 ``net``). Each foreign layout is one function naming each of *our* keys the way that layout does, so
 loading and exporting share one bijective mapping driven by the model at hand: whatever the model
