@@ -16,11 +16,11 @@ from cgnet.inference import (
     fold_network,
     optimize,
     predict_logits,
-    reuse_cpu_memory,
     sliding_window_logits,
 )
 from cgnet.models import CGNet
 from cgnet.models.weights import load_weights
+from cgnet.runtime import reuse_cpu_memory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,6 +7,7 @@ import torch
 
 from cgnet.models.space_to_batch import DilatedDepthwiseConv2d
 from cgnet.module import SegmentationModule
+from cgnet.normalization import OFFICIAL_MEAN
 
 
 def channels_last_batch(n: int = 2, h: int = 24, w: int = 32) -> torch.Tensor:
@@ -28,7 +29,8 @@ def test_normalize_gives_the_network_its_memory_format(
     assert module.channels_last is expect_channels_last  # None: GPUs only, and this is a CPU
     fmt = torch.channels_last if expect_channels_last else torch.contiguous_format
     assert x.is_contiguous(memory_format=fmt)
-    expected = (images.float() - module.mean) / module.std
+    mean = torch.tensor(OFFICIAL_MEAN).view(1, 3, 1, 1)
+    expected = images.float() - mean  # the authors' input: RGB minus their mean, std 1
     torch.testing.assert_close(x, expected)
 
 

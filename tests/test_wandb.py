@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
-from cgnet.callbacks import (
+from cgnet.wandb_logging import (
     WandbValidationLogger,
     finish_wandb,
     wandb_group,
@@ -244,7 +244,7 @@ def test_multirun_is_one_offline_run_per_job_grouped_by_sweep(
 def test_online_without_an_account_is_one_clear_error(
     tmp_path: Path, wandb_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cgnet.callbacks import log_run_info
+    from cgnet.wandb_logging import log_run_info
     from cgnet.config import ConfigError
 
     monkeypatch.setenv("WANDB_MODE", "online")

@@ -17,12 +17,20 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cgnet.errors import ConfigError
 
-__all__ = ["ConfigError", "check_arguments", "check_target_node", "matches", "plain"]
+__all__ = [
+    "ConfigError",
+    "build_target",
+    "check_arguments",
+    "check_settings",
+    "check_target_node",
+    "matches",
+    "plain",
+]
 
 
 _SEQUENCES = (
@@ -125,6 +133,7 @@ def check_arguments(
     params, hints, open_kwargs = signature_parameters(signature_of)
     accepted = list(params)
     name = getattr(signature_of, "__qualname__", str(signature_of))
+    prefix = f"{where}." if where else ""
     for key, value in values.items():
         if key.startswith("_") or key in skip:
             continue
@@ -132,14 +141,14 @@ def check_arguments(
             if open_kwargs:
                 continue
             close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"; did you mean '{where}.{close[0]}'?" if close else ""
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{where}.{key}: unknown key for {name}{hint} (known keys: {', '.join(accepted)})"
+                f"{prefix}{key}: unknown key for {name}{hint} (known keys: {', '.join(accepted)})"
             )
         annotation = hints.get(key, params[key].annotation)
         if not matches(value, annotation):
             raise ConfigError(
-                f"{where}.{key}: expected {describe(annotation)}, got {type(value).__name__} {value!r}"
+                f"{prefix}{key}: expected {describe(annotation)}, got {type(value).__name__} {value!r}"
             )
 
 
@@ -160,3 +169,29 @@ def check_target_node(node: DictConfig | Mapping[str, Any], where: str) -> None:
 def plain(node: Any) -> Any:
     """A resolved plain-Python copy of a config node (None stays None)."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def check_settings(
+    cfg: DictConfig, schema: Callable[..., Any], *, groups: Iterable[str] = ()
+) -> None:
+    """The top-level keys of a command's config (its groups and ``hydra`` aside) against ``schema``,
+    a dataclass naming each key and its type: a typo or a wrong type is one line naming the key."""
+    skip = {*groups, "hydra"}
+    values = {k: v for k, v in (plain(cfg) or {}).items() if k not in skip}
+    check_arguments(values, schema, "")
+
+
+def build_target(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """``instantiate(node)``, with the class's own complaint about a value as one line naming
+    ``where`` (Hydra would wrap it in a multi-line InstantiationException)."""
+    from cgnet.errors import UserError
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{where}: {str(cause).splitlines()[0]}") from None
+        raise

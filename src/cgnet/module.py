@@ -17,9 +17,7 @@ from torch import nn
 
 from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
 from cgnet.models import CGNet, use_space_to_batch
-
-OFFICIAL_MEAN = (72.39, 82.91, 73.16)
-OFFICIAL_STD = (1.0, 1.0, 1.0)
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -62,6 +60,8 @@ class SegmentationModule(pl.LightningModule):
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
         compile: wrap the network's forward in ``torch.compile``.
         on_nonfinite: what a NaN/inf loss does: ``raise`` stops training, ``skip`` drops the batch.
+        data: the data config the module was trained on (``_target_`` and its arguments), kept in
+            checkpoints so eval and predict score a checkpoint on the data it was validated on.
     """
 
     def __init__(
@@ -80,6 +80,7 @@ class SegmentationModule(pl.LightningModule):
         space_to_batch: bool = True,
         compile: bool = False,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        data: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,10 +97,7 @@ class SegmentationModule(pl.LightningModule):
             )
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
-        self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
-        )
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.input_norm = Normalize(mean, std)  # non-persistent: checkpoints hold hparams only
         self.register_buffer("best_miou", torch.tensor(float("nan")))
         self.val_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
         self.test_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
@@ -108,7 +106,7 @@ class SegmentationModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------- forward
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB [B, 3, H, W] -> the float input the authors' weights expect."""
-        x = (images.float() - self.mean) / self.std
+        x = self.input_norm(images)
         # batches arrive channels-last from collate: pick the network's format explicitly
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)

@@ -6,14 +6,13 @@ Each format goes to its own folder under predictions/ (cityscapesscripts finds a
 
 from __future__ import annotations
 
-import sys
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -21,10 +20,15 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
+from cgnet.cli import hydra_command
 from cgnet.config import ConfigError, plain
 from cgnet.data.labels import DatasetInfo, train_id_to_label_id_lut
-from cgnet.eval import build_data, build_predictor
-from cgnet.predictor import Predictor
+from cgnet.inference.loading import (
+    TestTimeSettings,
+    build_predictor,
+    check_test_time,
+    load_checkpoint_and_data,
+)
 from cgnet.visualize import colorize
 
 console = Console(soft_wrap=True)
@@ -32,6 +36,29 @@ console = Console(soft_wrap=True)
 FORMATS = ("trainids", "labelids", "color", "overlay")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+
+
+@dataclass(kw_only=True)
+class PredictSettings(TestTimeSettings):
+    """conf/predict.yaml's own keys."""
+
+    input: str | None
+    formats: list[str]
+    output_dir: str | None
+    submission: bool
+    overlay_alpha: float
+
+
+def validate(cfg: DictConfig) -> None:
+    check_test_time(cfg, PredictSettings)
+    formats = list(plain(cfg.formats) or [])
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ConfigError(f"formats: expected some of {list(FORMATS)}, got {formats}")
+    if not 0.0 <= float(cfg.overlay_alpha) <= 1.0:
+        raise ConfigError(f"overlay_alpha: expected a value in [0, 1], got {cfg.overlay_alpha}")
+    if cfg.input:
+        list_images(Path(cfg.input))
 
 
 def image_id(path: Path) -> str:
@@ -122,8 +149,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.submission and "labelids" not in formats:
         formats.append("labelids")
     inputs = list_images(Path(cfg.input)) if cfg.input else []
-    datamodule = build_data(cfg)
-    predictor: Predictor = build_predictor(cfg, datamodule)
+    loaded, datamodule = load_checkpoint_and_data(cfg, read_split=not inputs)
+    predictor = build_predictor(cfg, loaded, datamodule)
     output_dir = Path(cfg.output_dir or Path(HydraConfig.get().runtime.output_dir) / "predictions")
     writer = PredictionWriter(output_dir, formats, datamodule.info, cfg.overlay_alpha, inputs)
     batches = file_batches(inputs) if inputs else split_batches(datamodule)
@@ -145,15 +172,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    torch.set_flush_denormal(True)  # before the CPU thread pool starts; see cgnet.train
-    try:
-        run(cfg)
-    except ConfigError as err:
-        console.print(f"[bold red]config error:[/] {err}")
-        sys.exit(2)
+main = hydra_command("predict", validate=validate)(run)
 
 
 if __name__ == "__main__":
-    main()
+    from cgnet.predict import main as _main
+
+    _main()

@@ -73,6 +73,8 @@ def quiet_libraries() -> None:
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningNoise())
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # torch's pytree deprecation, raised from inside Lightning on every fit
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=".*Trainer already configured with model summary.*")
 
 

@@ -11,8 +11,8 @@ What a W&B run of ``python -m cgnet.train logger=wandb`` shows, and where it com
 - checkpoints as artifacts: the logger's own ``log_model`` (``logger.wandb.log_model=true``).
 
 Hydra runs every job of a multirun in the same process, and ``WandbLogger`` reuses whatever run is
-still open (SPEC section 7), so :func:`finish_wandb` closes the run at the end of each job; the
-``cgnet_wandb_group`` resolver groups a sweep's runs under the sweep folder's name.
+still open, so :func:`finish_wandb` closes the run at the end of each job; the ``cgnet_wandb_group``
+resolver groups a sweep's runs under the sweep folder's name.
 """
 
 from __future__ import annotations
@@ -77,11 +77,6 @@ def wandb_name() -> str | None:
     swept = set((hydra_cfg.sweeper.get("params") or {}).keys())
     chosen = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
     return " ".join([f"job{hydra_cfg.job.num}", *chosen])
-
-
-# Used by conf/logger/wandb.yaml (group: ${cgnet_wandb_group:}); registered when cgnet.train imports us.
-OmegaConf.register_new_resolver("cgnet_wandb_group", wandb_group, replace=True)
-OmegaConf.register_new_resolver("cgnet_wandb_name", wandb_name, replace=True)
 
 
 # ------------------------------------------------------------------------------ run lifecycle

@@ -10,14 +10,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import hydra
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cgnet.cli import hydra_command
+from cgnet.config import ConfigError, build_target, check_settings, check_target_node
 from cgnet.data.datamodule import SegmentationDataModule
 from cgnet.data.errors import DataError
 from cgnet.data.labels import IGNORE_INDEX
@@ -119,20 +119,41 @@ def _root_text(datamodule: SegmentationDataModule) -> str:
         return "(no root)"
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckSettings:
+    """conf/check.yaml's own keys."""
+
+    splits: list[str]
+    num_workers: int | None
+    max_problems: int
+
+
+def validate(cfg: DictConfig) -> None:
+    check_settings(cfg, CheckSettings, groups=("data",))
+    check_target_node(cfg.data, "data")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError(f"num_workers: expected >= 0 or null, got {cfg.num_workers}")
+
+
 def run(cfg: DictConfig, console: Console | None = None) -> int:
     """The check as a function: returns the exit status (0 = clean, 1 = problems)."""
     console = console or Console()
-    datamodule: SegmentationDataModule = instantiate(cfg.data)
+    datamodule: SegmentationDataModule = build_target(cfg.data, "data")
     workers = datamodule.num_workers if cfg.get("num_workers") is None else int(cfg.num_workers)
     reports, problems = scan(datamodule, list(cfg.splits), workers, console)
     render(datamodule, reports, problems, console, int(cfg.get("max_problems", 200)))
     return 1 if problems or any(r.problems for r in reports) else 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="check")
-def main(cfg: DictConfig) -> None:
+def check(cfg: DictConfig) -> None:
+    """The command: exit status 0 when the tree is clean, 1 when it has problems."""
     sys.exit(run(cfg))
 
 
+main = hydra_command("check", validate=validate)(check)
+
+
 if __name__ == "__main__":
-    main()
+    from cgnet.data.check import main as _main
+
+    _main()

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _cs_labels
 
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
+
 IGNORE_INDEX = 255
 
-# Raw 0..255 RGB minus this mean, std 1: the official CGNet input (SPEC section 4). The official code
-# computed the mean in BGR order and subtracted it from RGB images; released weights expect exactly this.
-OFFICIAL_MEAN: tuple[float, float, float] = (72.39, 82.91, 73.16)
-OFFICIAL_STD: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)

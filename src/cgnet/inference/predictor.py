@@ -1,4 +1,4 @@
-"""uint8 RGB batches -> logits or trainId maps, shared by `cgnet.eval` and `cgnet.predict`.
+"""uint8 RGB batches -> logits or trainId maps, shared by `cgnet.eval`, `cgnet.predict` and notebooks.
 
 One place decides how a network is run at test time: the fast inference path, the normalisation the
 weights were trained with, and test-time augmentation (multi-scale + flip, sliding window).
@@ -6,61 +6,69 @@ weights were trained with, and test-time augmentation (multi-scale + flip, slidi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from cgnet.checkpoint import LoadedNetwork
-from cgnet.inference import optimize, predict_logits
+from cgnet.errors import ConfigError
+from cgnet.inference.fast import optimize
+from cgnet.inference.tta import predict_logits
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
 
 @dataclass(frozen=True)
 class TTA:
-    """Test-time augmentation. mmseg's ms+flip protocol: scales 0.5..1.75 step 0.25, flip on."""
+    """Test-time augmentation. mmseg's ms+flip protocol: scales 0.5..1.75 step 0.25, flip on.
 
-    scales: tuple[float, ...] = (1.0,)
+    Args:
+        scales: image scales whose class probabilities are averaged (1.0 alone: single scale).
+        flip: also average the horizontally flipped image.
+        window: [H, W] of sliding-window inference for images larger than memory allows.
+        stride: [H, W] between windows (default: 2/3 of the window).
+    """
+
+    scales: Sequence[float] = (1.0,)
     flip: bool = False
-    window: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
+    window: Sequence[int] | None = None
+    stride: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"tta.scales: expected positive scales, got {list(self.scales)}")
+        for key in ("window", "stride"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 2 or any(int(v) < 1 for v in value)):
+                raise ConfigError(f"tta.{key}: expected [H, W] of positive sizes, got {value}")
+        if self.stride is not None and self.window is None:
+            raise ConfigError("tta.stride: needs tta.window=[H, W] (the sliding window)")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        for key in ("window", "stride"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, (int(value[0]), int(value[1])))
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | dict[str, Any] | None) -> TTA:
-        cfg = dict(cfg or {})
-        window, stride = cfg.get("window"), cfg.get("stride")
-        scales = tuple(float(s) for s in cfg.get("scales") or (1.0,))
-        if any(s <= 0 for s in scales):
-            raise ValueError(f"tta.scales must be positive, got {list(scales)}")
-        return cls(
-            scales=scales,
-            flip=bool(cfg.get("flip", False)),
-            window=tuple(int(v) for v in window) if window else None,  # type: ignore[arg-type]
-            stride=tuple(int(v) for v in stride) if stride else None,  # type: ignore[arg-type]
-        )
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when there is one; an explicit `cuda` without one is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available (use device=cpu or auto)")
-    return device
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> TTA:
+        return cls(**dict(cfg or {}))
 
 
 class Predictor:
-    """Runs a loaded network on uint8 RGB batches [B, 3, H, W] with the chosen TTA."""
+    """Runs a loaded network on uint8 RGB batches [B, 3, H, W] with the chosen TTA.
+
+    The normalisation is the one the checkpoint was trained with when it records it (project
+    checkpoints do), else ``mean``/``std`` (the data config's, by default the authors').
+    """
 
     def __init__(
         self,
         loaded: LoadedNetwork,
         *,
-        mean: Sequence[float],
-        std: Sequence[float],
         device: torch.device,
+        mean: Sequence[float] = OFFICIAL_MEAN,
+        std: Sequence[float] = OFFICIAL_STD,
         tta: TTA = TTA(),
         fast: bool = True,
     ) -> None:
@@ -69,17 +77,12 @@ class Predictor:
         self.tta = tta
         net = loaded.net.to(device).eval()
         self.net = optimize(net, device=device.type) if fast else net
-        self.mean = torch.tensor(loaded.mean or mean, dtype=torch.float32, device=device).view(
-            1, 3, 1, 1
-        )
-        self.std = torch.tensor(loaded.std or std, dtype=torch.float32, device=device).view(
-            1, 3, 1, 1
-        )
+        self.normalize = Normalize(loaded.mean or mean, loaded.std or std).to(device)
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, H, W] at the images' own size."""
-        x = (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        x = self.normalize(images.to(self.device, non_blocking=True))
         return predict_logits(
             self.net,
             x,

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -160,17 +159,51 @@ def summarize(model: nn.Module, size: Sequence[int] = (1024, 2048), batch: int =
     return ModelSummary(tuple(stages), (height, width), int(batch), title)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="summary")
-def main(cfg: DictConfig) -> None:
+@dataclass(frozen=True, kw_only=True)
+class SummarySettings:
+    """conf/summary.yaml's own keys."""
+
+    size: tuple[int, int]
+    num_classes: int
+    batch: int
+
+
+def validate(cfg: DictConfig) -> None:
+    from cgnet.config import ConfigError, check_arguments, check_settings, plain
+
+    check_settings(cfg, SummarySettings, groups=("model",))
+    check_arguments(plain(cfg.model), CGNet, "model", skip=("num_classes",))
+    if min(cfg.size) < 1 or cfg.batch < 1 or cfg.num_classes < 1:
+        raise ConfigError(
+            f"size, batch, num_classes: expected positive values, got size={list(cfg.size)} "
+            f"batch={cfg.batch} num_classes={cfg.num_classes}"
+        )
+    try:
+        CGNet(int(cfg.num_classes), **plain(cfg.model))
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def run(cfg: DictConfig) -> ModelSummary:
     """Print the per-stage table for the configured model and input size."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    if not isinstance(kwargs, dict):
-        raise TypeError(f"config 'model' must be a mapping of CGNet arguments, got {kwargs!r}")
+    assert isinstance(kwargs, dict)
     model = CGNet(int(cfg.num_classes), **{str(k): v for k, v in kwargs.items()})
     summary = summarize(model, size=tuple(cfg.size), batch=int(cfg.batch))
     # Piped output would get rich's 80-column default and wrapped rows; give it room instead.
     Console(width=None if sys.stdout.isatty() else 120).print(summary.to_rich_table())
+    return summary
+
+
+def main() -> None:
+    """`python -m cgnet.models.summary`, through the shared entry layer (imported late: the layer
+    sits above the network package)."""
+    from cgnet.cli import hydra_command
+
+    hydra_command("summary", validate=validate)(run)()
 
 
 if __name__ == "__main__":
-    main()
+    from cgnet.models.summary import main as _main
+
+    _main()

@@ -1,0 +1,24 @@
+"""Inference: the fast exact form of a trained CGNet, test-time augmentation, and the predictor
+that eval, predict and notebooks share.
+
+- :mod:`cgnet.inference.fast`: :func:`optimize` / :func:`fold_network` (BatchNorm folded, channels-last,
+  compile, CUDA graphs);
+- :mod:`cgnet.inference.tta`: whole-image, sliding-window and multi-scale + flip logits;
+- :mod:`cgnet.inference.predictor`: :class:`Predictor` (uint8 batches -> trainIds) and :class:`TTA`.
+"""
+
+from cgnet.inference.fast import FastCGNet, fold_network, optimize
+from cgnet.inference.predictor import TTA, Predictor
+from cgnet.inference.tta import class_softmax, default_stride, predict_logits, sliding_window_logits
+
+__all__ = [
+    "TTA",
+    "FastCGNet",
+    "Predictor",
+    "class_softmax",
+    "default_stride",
+    "fold_network",
+    "optimize",
+    "predict_logits",
+    "sliding_window_logits",
+]
