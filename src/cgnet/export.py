@@ -1,18 +1,25 @@
-"""`python -m cgnet.export ckpt_path=CKPT format=onnx|torchscript`: a deployable CGNet file.
+"""`python -m cgnet.export ckpt_path=CKPT format=onnx|torchscript`: a deployable, self-describing file.
 
 The exported network is the BatchNorm-folded one (:func:`cgnet.inference.fold_network`: same logits,
 fewer ops) with dynamic batch, height and width, so one file serves every image size. With
-``include_normalization=true`` it takes raw uint8 RGB and subtracts the training mean itself. After
-writing, the file is run (onnxruntime / ``torch.jit.load``) at two sizes, one of them odd, and compared
-with PyTorch; a mismatch above the tolerance is an error, not a warning.
+``include_normalization=true`` it takes raw uint8 RGB and normalises itself
+(:class:`cgnet.normalization.NormalizedNetwork`). The file says how to use it: ONNX carries
+model-level ``metadata_props`` and a ``doc_string``, TorchScript an extra file ``cgnet.json`` with the
+same key/value strings (input format, mean/std, class names, model settings, source, producer), so a
+user pipeline needs neither this package nor its configs. After writing, the file is run (onnxruntime /
+``torch.jit.load``) at two sizes, one of them odd, and compared with PyTorch; a mismatch above the
+tolerance is an error, not a warning.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
+import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,30 +33,16 @@ from cgnet.checkpoint import load_network
 from cgnet.config import ConfigError, check_arguments, plain
 from cgnet.inference import fold_network
 from cgnet.models import CGNet
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, NormalizedNetwork
 
 ExportFormat = Literal["onnx", "torchscript"]
-OFFICIAL_MEAN = (72.39, 82.91, 73.16)
-OFFICIAL_STD = (1.0, 1.0, 1.0)
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+METADATA_FILE = "cgnet.json"  # TorchScript extra file holding the metadata
+UINT8_INPUT = "uint8 RGB [B,3,H,W], 0..255; the network normalises (x - mean) / std itself"
+FLOAT_INPUT = "float32 RGB [B,3,H,W], normalised: (x - mean) / std with x in 0..255"
 
 console = Console(soft_wrap=True)
-
-
-class Normalize(nn.Module):
-    """Takes uint8 RGB ``[B, 3, H, W]`` and feeds ``(x - mean) / std`` to the network, so a deployed
-    file needs no preprocessing code beyond decoding the image."""
-
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer(
-            "inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        )
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net((images.float() - self.mean) * self.inv_std)
 
 
 def deployable(
@@ -59,10 +52,10 @@ def deployable(
     mean: Sequence[float] = OFFICIAL_MEAN,
     std: Sequence[float] = OFFICIAL_STD,
 ) -> nn.Module:
-    """The BN-folded network in eval mode on the CPU, optionally behind :class:`Normalize`."""
+    """The BN-folded network in eval mode on the CPU, optionally behind the project's normalisation."""
     net: nn.Module = fold_network(model.cpu().eval())
     if include_normalization:
-        net = Normalize(net, mean, std)
+        net = NormalizedNetwork(net, mean, std)
     return net.eval()
 
 
@@ -78,8 +71,84 @@ def example_input(
     return torch.randn(shape, generator=gen) * scale
 
 
-def export_onnx(net: nn.Module, path: str | Path, *, opset: int = 17, uint8: bool = False) -> Path:
-    """Write ``net`` as ONNX with dynamic batch, height and width.
+def producer_version() -> str:
+    """This package's installed version, so a file says which code wrote it."""
+    try:
+        return package_metadata.version("cgnet")
+    except package_metadata.PackageNotFoundError:  # run from a source tree without install
+        return "unknown"
+
+
+def model_settings(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every CGNet setting (M, N, switches): its defaults overlaid with ``given``, so the file states
+    the whole architecture, not only what a config happened to override."""
+    params = inspect.signature(CGNet.__init__).parameters
+    settings = {
+        name: p.default
+        for name, p in params.items()
+        if name not in ("self", "num_classes") and p.default is not inspect.Parameter.empty
+    }
+    settings.update(given or {})
+    return json.loads(json.dumps(settings))  # tuples -> lists: what a reader gets back
+
+
+def file_metadata(
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    include_normalization: bool,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    model: Mapping[str, Any] | None = None,
+    source: str | Path | None = None,
+) -> dict[str, str]:
+    """What a user of the file needs, as string key/values (ONNX ``metadata_props`` hold strings;
+    lists and dicts are JSON). Class names default to ``class_0..`` when the weights carry none."""
+    names = list(class_names) if class_names else [f"class_{k}" for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    meta = {
+        "input_format": UINT8_INPUT if include_normalization else FLOAT_INPUT,
+        "normalization_included": json.dumps(bool(include_normalization)),
+        "mean": json.dumps([float(v) for v in mean]),
+        "std": json.dumps([float(v) for v in std]),
+        "output_format": "float32 logits [B,classes,H,W]; argmax over axis 1 is the class index",
+        "num_classes": str(int(num_classes)),
+        "class_names": json.dumps(names),
+        "model": json.dumps(model_settings(model)),
+        "producer": f"cgnet {producer_version()}",
+    }
+    if ignore_index is not None:
+        meta["ignore_index"] = str(int(ignore_index))
+    if source is not None:
+        meta["source"] = Path(source).name  # the name only: absolute paths leak the machine
+    return meta
+
+
+def describe(meta: Mapping[str, str]) -> str:
+    """The metadata in one sentence, for the ONNX ``doc_string`` that viewers (Netron) show."""
+    model = json.loads(meta["model"])
+    origin = f" from {meta['source']}" if "source" in meta else ""
+    return (
+        f"CGNet (M={model.get('M')}, N={model.get('N')}) semantic segmentation into "
+        f"{meta['num_classes']} classes (names in metadata class_names); input {INPUT_NAME!r}: "
+        f"{meta['input_format']}, mean {meta['mean']}, std {meta['std']}; output {OUTPUT_NAME!r}: "
+        f"{meta['output_format']}; written by {meta['producer']}{origin}."
+    )
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    uint8: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``net`` as ONNX with named dynamic axes (``batch``, ``height``, ``width``; the output's
+    axis 1 is ``classes``) and, if given, ``metadata`` as model-level ``metadata_props`` plus a
+    one-sentence ``doc_string``.
 
     Uses the TorchScript-based exporter: the torch.export-based one needs onnxscript, which is not a
     dependency, and this network has no control flow that would need it.
@@ -96,25 +165,56 @@ def export_onnx(net: nn.Module, path: str | Path, *, opset: int = 17, uint8: boo
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: dims},
+            # the class axis is static, but unnamed it would read "Resizelogits_dim_1"
+            dynamic_axes={INPUT_NAME: dims, OUTPUT_NAME: {**dims, 1: "classes"}},
             opset_version=opset,
             do_constant_folding=True,
         )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, dict(metadata))
+        proto.doc_string = describe(metadata)
+        onnx.save(proto, str(path))
     return path
 
 
-def export_torchscript(net: nn.Module, path: str | Path, *, uint8: bool = False) -> Path:
-    """Write ``net`` traced to TorchScript; shapes are traced as ops, so any size runs."""
+def export_torchscript(
+    net: nn.Module,
+    path: str | Path,
+    *,
+    uint8: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``net`` traced to TorchScript; shapes are traced as ops, so any size runs. ``metadata``
+    goes into the extra file ``cgnet.json``: read it with
+    ``torch.jit.load(path, _extra_files={"cgnet.json": ""})``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
         traced = torch.jit.trace(net, (example_input((64, 96), uint8=uint8),), check_trace=False)
         traced = torch.jit.freeze(traced.eval())
+    extra = {METADATA_FILE: json.dumps(dict(metadata), indent=2)} if metadata else {}
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    torch.jit.save(traced, buffer, _extra_files=extra)
     path.write_bytes(buffer.getvalue())
     return path
+
+
+def read_metadata(path: str | Path, format: ExportFormat) -> dict[str, str]:
+    """The key/value strings an exported file carries (empty if it has none)."""
+    if format == "onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return {prop.key: prop.value for prop in proto.metadata_props}
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return dict(json.loads(extra[METADATA_FILE])) if extra[METADATA_FILE] else {}
 
 
 def run_exported(path: str | Path, format: ExportFormat, images: Tensor) -> Tensor:
@@ -167,7 +267,8 @@ def default_output(ckpt_path: str | Path, format: ExportFormat) -> Path:
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """Load, export, check; returns what was written and the check's figures."""
+    """Load, export with metadata, check; returns what was written, its metadata and the check's
+    figures."""
     if not cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path: required (a checkpoint of this project or foreign weights)")
     if cfg.format not in SUFFIX:
@@ -180,12 +281,24 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     mean = tuple(cfg.mean) if cfg.get("mean") else loaded.mean or OFFICIAL_MEAN
     std = tuple(cfg.std) if cfg.get("std") else loaded.std or OFFICIAL_STD
     uint8 = bool(cfg.include_normalization)
+    hparams = loaded.hparams
+    metadata = file_metadata(
+        num_classes=loaded.net.num_classes,
+        mean=mean,
+        std=std,
+        include_normalization=uint8,
+        class_names=hparams.get("class_names"),
+        ignore_index=hparams.get("ignore_index"),
+        # a project checkpoint built its net from its own settings; foreign weights from cfg.model
+        model=hparams.get("model") if "num_classes" in hparams else plain(cfg.model),
+        source=cfg.ckpt_path,
+    )
     net = deployable(loaded.net, include_normalization=uint8, mean=mean, std=std)
     output = Path(cfg.output) if cfg.get("output") else default_output(cfg.ckpt_path, cfg.format)
     if cfg.format == "onnx":
-        export_onnx(net, output, opset=int(cfg.opset), uint8=uint8)
+        export_onnx(net, output, opset=int(cfg.opset), uint8=uint8, metadata=metadata)
     else:
-        export_torchscript(net, output, uint8=uint8)
+        export_torchscript(net, output, uint8=uint8, metadata=metadata)
     result: dict[str, Any] = {
         "output": str(output),
         "format": cfg.format,
@@ -193,10 +306,15 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "input": "uint8 RGB 0..255" if uint8 else "float32 (RGB - mean) / std",
         "mean": list(mean),
         "std": list(std),
+        "metadata": metadata,
     }
     if cfg.check:
-        reference = loaded.net if not uint8 else Normalize(loaded.net, mean, std).eval()
-        rows = check_export(output, cfg.format, reference, cfg.check_sizes, uint8=uint8)
+        reference = NormalizedNetwork(loaded.net, mean, std).eval() if uint8 else loaded.net
+        # float inputs as spread as normalised RGB is: about 50 / std (50 with the official std 1)
+        scale = 50.0 * len(std) / sum(std)
+        rows = check_export(
+            output, cfg.format, reference, cfg.check_sizes, uint8=uint8, scale=scale
+        )
         result["check"] = rows
         worst = max(r["max_abs_diff"] for r in rows)
         if worst > float(cfg.tolerance):
@@ -207,9 +325,27 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def summary(result: Mapping[str, Any]) -> list[str]:
+    """A few lines on what the written file expects and returns, and how to read its metadata."""
+    meta = result["metadata"]
+    names = json.loads(meta["class_names"])
+    reader = (
+        "onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map"
+        if result["format"] == "onnx"
+        else f'torch.jit.load(path, _extra_files={{"{METADATA_FILE}": ""}})'
+    )
+    return [
+        f"{result['output']} describes itself (read with {reader}):",
+        f"  input   {meta['input_format']}",
+        f"  mean    {meta['mean']}, std {meta['std']}",
+        f"  classes {len(names)}: {', '.join(names)}",
+    ]
+
+
 @hydra.main(version_base="1.3", config_path="pkg://cgnet.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: export, check, print one line per check size."""
+    """Hydra entry point: export, check, print one line per check size and what the file says
+    about itself."""
     torch.set_flush_denormal(True)  # the authors' weights hold subnormal floats
     try:
         result = export(cfg)
@@ -225,6 +361,8 @@ def main(cfg: DictConfig) -> None:
             f"  check {row['size'][0]}x{row['size'][1]}: max |diff| {row['max_abs_diff']:.2e}, "
             f"argmax agreement {row['argmax_agreement']:.4%}"
         )
+    for line in summary(result):
+        console.print(line, markup=False, highlight=False)
 
 
 if __name__ == "__main__":
