@@ -193,5 +193,8 @@ def build_target(node: DictConfig, where: str, **kwargs: Any) -> Any:
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"{where}: {str(cause).splitlines()[0]}") from None
+            message = str(cause).splitlines()[0]
+            raise ConfigError(
+                message if message.startswith(where) else f"{where}: {message}"
+            ) from None
         raise

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 
 from cgnet.checkpoint import read_checkpoint
 from cgnet.cli import hydra_command, log_to_file
+from cgnet.config import build_target
 from cgnet.training import (
     build_module,
     build_trainer,
@@ -42,7 +42,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trust = bool(cfg.get("trust_checkpoint", False))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     trainer = build_trainer(cfg)  # cheap, and fails early on devices the machine lacks
-    datamodule = instantiate(cfg.data)
+    datamodule = build_target(cfg.data, "data")
     datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
     datamodule.setup("fit")  # finds and checks the files now: bad data fails before any training
     datamodule.check_crop_fits()

@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cgnet.checkpoint import read_checkpoint
 from cgnet.cli import is_multirun
-from cgnet.config import ConfigError, check_arguments, check_target_node, plain
+from cgnet.config import ConfigError, build_target, check_arguments, check_target_node, plain
 from cgnet.models import CGNet, WeightsMismatchError, load_weights
 from cgnet.module import OPTIMIZERS, SchedulerConfig, SegmentationModule
 from cgnet.visualize import panel, save_rgb
@@ -82,8 +82,12 @@ def build_module(cfg: DictConfig, datamodule: Any) -> SegmentationModule:
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """Trainer with the configured callbacks and loggers (SyncBN only where it can run)."""
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    callbacks = [
+        build_target(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node
+    ]
+    loggers = [
+        build_target(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node
+    ]
     trainer_cfg = plain(cfg.trainer)
     if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
         trainer_cfg["sync_batchnorm"] = False  # SyncBatchNorm needs GPUs; CPU DDP keeps local BN

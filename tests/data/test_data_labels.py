@@ -7,8 +7,6 @@ import numpy as np
 from cgnet.data import (
     CAMVID,
     CITYSCAPES,
-    OFFICIAL_MEAN,
-    OFFICIAL_STD,
     camvid_label_lut,
     cityscapes_label_lut,
 )
@@ -19,6 +17,7 @@ from cgnet.data.labels import (
     cityscapes_train_id_lut,
     train_id_to_label_id_lut,
 )
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
 
 
 def test_cityscapes_classes_follow_cityscapesscripts() -> None:

@@ -25,8 +25,6 @@ from cgnet.data.labels import (
     CITYSCAPES,
     CITYSCAPES_PUBLISHED_WEIGHTS,
     IGNORE_INDEX,
-    OFFICIAL_MEAN,
-    OFFICIAL_STD,
     DatasetInfo,
     camvid_label_lut,
     cityscapes_label_lut_strict,
@@ -47,6 +45,7 @@ from cgnet.data.layout import (
 from cgnet.data.transforms import build_train_transform
 from cgnet.data.weights import computed_class_weights
 from cgnet.data.workers import process_rank, seed_worker
+from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
 
 ClassWeights = Literal["none", "published", "computed"]
 
@@ -99,8 +98,13 @@ class SegmentationDataModule(pl.LightningDataModule):
             )
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {mean}, {std}")
-        if min(batch_size, val_batch_size) < 1 or num_workers < 0:
-            raise ValueError("batch sizes must be >= 1 and num_workers >= 0")
+        for key, value, least in (
+            ("batch_size", batch_size, 1),
+            ("val_batch_size", val_batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if value < least:
+                raise ValueError(f"data.{key}={value}: expected an integer >= {least}")
         self.root = root
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _cs_labels
 
-from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
-
 IGNORE_INDEX = 255
-
 
 
 @dataclass(frozen=True)
