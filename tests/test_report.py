@@ -86,9 +86,52 @@ def test_split_overrides_finds_what_varies() -> None:
     assert common == ["a=1"]
 
 
-def test_cli_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
-    assert main([str(tmp_path)]) == 2
-    assert main([str(tmp_path / "missing")]) == 2
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """main(argv) in this process: exit status 2 and exactly one line on stderr, returned."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_cli_refuses_a_folder_without_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = one_error_line(capsys, [str(tmp_path)])
+    assert f"sweep_dir: {tmp_path} holds no job folders" in line
+    line = one_error_line(capsys, [str(tmp_path / "missing")])
+    assert f"sweep_dir: no such folder: {tmp_path / 'missing'}" in line and "multiruns" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--size", "0", "64"], "--size: expected two positive integers"),
+        (["--repeats", "0"], "--repeats: expected a positive integer"),
+        (["--latency", "--device", "tpu"], "--device=tpu: expected auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_cli_names_the_bad_argument(
+    args: list[str], names: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a sweep as far as the folder check goes
+    assert names in one_error_line(capsys, [str(tmp_path), *args])
+
+
+def test_cli_on_a_folder_that_is_not_a_sweep_exits_2_with_one_line(tmp_path: Path) -> None:
+    """As a user runs it: a run's parent folder holding files and folders but no job is named."""
+    folder = tmp_path / "logs" / "train"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a job\n")
+    result = run_cli("cgnet.report", [str(folder)], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("config error: sweep_dir: ") and str(folder) in lines[0]
+    assert "is it a multirun folder?" in lines[0]
+    assert not (folder / "report.md").exists()
 
 
 @pytest.mark.slow
