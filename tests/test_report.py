@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from cgnet.models import CGNet
@@ -71,6 +72,36 @@ def test_report_rows_costs_and_files(tmp_path: Path) -> None:
     assert "| **1** | **`model.M=2` `model.N=6`**" in page  # the best job in bold
     assert "`data.batch_size=4`" in page and "multiply-adds counted at 128x256" in page
     assert "![best val mIoU" in page and files["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+class CodeInPickle:
+    """Stands for whatever a checkpoint's pickle would have to import and build to be read."""
+
+
+def test_classes_from_the_checkpoint_only_when_its_pickle_is_safe_or_trusted(
+    tmp_path: Path,
+) -> None:
+    """A DataModule this install lacks: the class count comes from the checkpoint, which is read
+    without running its pickle's code unless --trust-checkpoint says so."""
+    sweep = tmp_path / "sweep"
+    for num, extra in ((0, None), (1, CodeInPickle())):
+        job = sweep / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        config = {"data": {"_target_": "nowhere.DataModule"}, "model": {"M": 2, "N": 3}}
+        OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create([f"seed={num}"]), job / ".hydra" / "overrides.yaml")
+        checkpoint = job / "best.ckpt"
+        torch.save({"hyper_parameters": {"num_classes": 11}, "extra": extra}, checkpoint)
+        summary = {"val/mIoU_best": 0.1 * (num + 1), "checkpoint": str(checkpoint)}
+        (job / "summary.json").write_text(json.dumps(summary))
+    expected = summarize(CGNet(11, M=2, N=3), (64, 128)).total_params
+
+    safe, code = build_report(sweep, size=(64, 128))[0]
+    assert safe.status == "ok" and safe.params == expected
+    assert code.params is None and "--trust-checkpoint" in code.status
+
+    code = build_report(sweep, size=(64, 128), trust_checkpoint=True)[0][1]
+    assert code.status == "ok" and code.params == expected
 
 
 def test_split_overrides_finds_what_varies() -> None:

@@ -103,7 +103,7 @@ def num_classes_of(config: DictConfig, summary: dict[str, Any], *, trust: bool =
             pass
     checkpoint = summary.get("checkpoint")
     if checkpoint and Path(checkpoint).is_file():
-        blob = read_checkpoint(checkpoint, trust=trust)
+        blob = read_checkpoint(checkpoint, trust=trust, opt_in="--trust-checkpoint")
         return int(blob["hyper_parameters"]["num_classes"])
     raise ValueError("cannot tell the number of classes (no data._target_, no checkpoint)")
 
