@@ -15,6 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def tiny_data_overrides(root: Path) -> list[str]:
     """8/4/2 generated 64x128 street scenes, read in the test process (no loader workers)."""

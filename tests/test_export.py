@@ -13,19 +13,17 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from cgnet.config import ConfigError
-from cgnet.export import (
+from cgnet.deploy import (
     METADATA_FILE,
     check_export,
-    default_output,
     deployable,
     example_input,
-    export,
     export_onnx,
     export_torchscript,
     read_metadata,
     run_exported,
-    summary,
 )
+from cgnet.export import default_output, export, summary
 from cgnet.models import CGNet
 from cgnet.module import SegmentationModule
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, NormalizedNetwork
