@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from cgnet.errors import CheckpointError
 from cgnet.models import CGNet
 from cgnet.models.weights import LoadReport, WeightsMismatchError, export_weights, load_weights
 
@@ -205,23 +206,47 @@ def test_official_weights_restore_official_bn_eps(
     assert_reproduces(model, reference)
 
 
-def test_lightning_checkpoint_file(
-    tmp_path: Path, official: dict[str, Tensor], reference: dict[str, dict[str, Tensor]]
-) -> None:
+def _lightning_file(path: Path, official: dict[str, Tensor], hparams: object) -> Path:
     ours = CGNet(11)
     load_weights(ours, official)
     state = {f"net.{k}": v for k, v in ours.state_dict().items()}
     state["criterion.weight"] = torch.ones(11)
     state["val_iou.confmat"] = torch.zeros(11, 11, dtype=torch.long)
-    hparams = OmegaConf.create({"model": {"M": 3, "N": 21}})  # forces a full unpickle
-    path = tmp_path / "last.ckpt"
     torch.save({"epoch": 3, "state_dict": state, "hyper_parameters": hparams}, path)
+    return path
 
+
+def test_lightning_checkpoint_file(
+    tmp_path: Path, official: dict[str, Tensor], reference: dict[str, dict[str, Tensor]]
+) -> None:
+    path = _lightning_file(tmp_path / "last.ckpt", official, {"model": {"M": 3, "N": 21}})
     model = CGNet(11)
-    report = load_weights(model, path)
+    report = load_weights(model, path)  # plain hyper-parameters, as ours: no opt-in needed
+    assert report.format == "lightning" and report.num_tensors == 498
+    assert not any("weights_only" in note for note in report.notes)
+    assert any("criterion.weight" in note and "val_iou.confmat" in note for note in report.notes)
+    assert_reproduces(model, reference)
+
+
+def test_pickled_objects_need_the_opt_in(
+    tmp_path: Path, official: dict[str, Tensor], reference: dict[str, dict[str, Tensor]]
+) -> None:
+    """A file whose pickle builds objects (here OmegaConf's) is refused, never read in full
+    silently; ``trust=True`` (the user's trust_checkpoint=true) reads it."""
+    hparams = OmegaConf.create({"model": {"M": 3, "N": 21}})
+    path = _lightning_file(tmp_path / "last.ckpt", official, hparams)
+    model = CGNet(11)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_weights(model, path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert "omegaconf.dictconfig.DictConfig" in message and "trust_checkpoint=true" in message
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    report = load_weights(model, path, trust=True)
     assert report.format == "lightning" and report.num_tensors == 498
     assert any("weights_only=False" in note for note in report.notes)
-    assert any("criterion.weight" in note and "val_iou.confmat" in note for note in report.notes)
     assert_reproduces(model, reference)
 
 

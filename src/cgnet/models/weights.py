@@ -13,7 +13,6 @@ a mismatch raises :class:`WeightsMismatchError` listing everything that does not
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from cgnet.models.blocks import OFFICIAL_BN_EPS, CGBlock, FGlo
 from cgnet.models.cgnet import CGNet
+from cgnet.models.serialization import read_checkpoint
 
 Format = Literal["official", "mmseg", "sssegmentation", "ours", "lightning"]
 ExportFormat = Literal["official", "mmseg", "ours"]
@@ -153,18 +153,18 @@ _SIGNATURES: dict[Format, re.Pattern[str]] = {
 _AUXILIARY = {"mmseg": "auxiliary_head.", "sssegmentation": "auxiliary_decoder."}
 
 
-def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Any, str, list[str]]:
-    """The raw checkpoint object, a printable name for it, and notes on how it was read."""
+def _read(
+    source: str | os.PathLike[str] | Mapping[str, Any], *, trust: bool = False
+) -> tuple[Any, str, list[str]]:
+    """The raw checkpoint object, a printable name for it, and notes on how it was read.
+
+    Files go through the one safe reader: no fallback that would run the file's pickle unasked.
+    """
     if isinstance(source, Mapping):
         return source, _IN_MEMORY, []
     path = Path(source)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True), str(path), []
-    except pickle.UnpicklingError:
-        # Lightning checkpoints pickle their hyper-parameters (OmegaConf objects and the like).
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        note = "file pickles non-tensor objects: read with weights_only=False (trust the source)"
-        return obj, str(path), [note]
+    notes = ["read in full (weights_only=False): the caller trusts the file"] if trust else []
+    return read_checkpoint(path, trust=trust), str(path), notes
 
 
 def _unwrap(obj: Any, source: str) -> tuple[dict[str, Tensor], list[str]]:
@@ -255,6 +255,7 @@ def load_weights(
     *,
     strict: bool = True,
     skip: Sequence[str] = (),
+    trust: bool = False,
 ) -> LoadReport:
     """Load a checkpoint of any known layout into ``model``, all or nothing.
 
@@ -262,19 +263,22 @@ def load_weights(
         model: the network to fill; it must have the checkpoint's architecture (classes, depth,
             head bias). Its BatchNorm eps is set to what the weights were trained with: 1e-5 for
             sssegmentation, 1e-3 for official and mmseg (the report's notes say so).
-        source: a file path (read on the CPU, ``weights_only=True`` unless the file needs more) or
-            an in-memory state dict / checkpoint dict.
+        source: a file path (read on the CPU by :func:`cgnet.models.serialization.read_checkpoint`:
+            tensors and plain data only) or an in-memory state dict / checkpoint dict.
         strict: with False, missing and unexpected keys are tolerated (and counted in the notes);
             shape conflicts and unknown layouts still raise.
         skip: prefixes of the model's parameter names (ours, e.g. ``"classifier."``) to leave at
             their current values, whatever the checkpoint holds for them: fine-tuning weights of
             another dataset starts a fresh classifier.
+        trust: read a file whose pickle needs more than tensors and data, running its code (only
+            for files whose source the user trusts: ``trust_checkpoint=true``).
 
     Raises:
+        CheckpointError: a file that is missing, unreadable, or (without ``trust``) would run code.
         WeightsMismatchError: unknown layout, or keys/shapes that do not fit the model; the message
             names the source and layout and lists every problem.
     """
-    obj, source_name, notes = _read(source)
+    obj, source_name, notes = _read(source, trust=trust)
     state, unwrap_notes = _unwrap(obj, source_name)
     notes += unwrap_notes
     fmt = _detect(state)
