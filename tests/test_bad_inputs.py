@@ -76,7 +76,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("command", "args", "expected"), CASES, ids=[f"{c} {a}" for c, a, _ in CASES])
+@pytest.mark.parametrize(
+    ("command", "args", "expected"), CASES, ids=[f"{c} {a}" for c, a, _ in CASES]
+)
 def test_mistake_is_one_line_and_exit_2(
     command: str, args: str, expected: str, files: dict[str, str], tmp_path: Path
 ) -> None:

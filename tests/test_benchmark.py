@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from cgnet.benchmark import Latency, render, render_markdown, run
+from cgnet.benchmark import (
+    Latency,
+    TrainThroughputSettings,
+    load_settings,
+    render,
+    render_markdown,
+    run,
+    validate,
+)
 from cgnet.config import ConfigError
+from helpers import compose_config, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,3 +122,61 @@ def test_isolated_workers_give_the_same_outputs() -> None:
             fast["process_peak_mib"] > 50
             and 0 <= fast["peak_memory_mib"] < fast["process_peak_mib"]
         )
+
+
+def test_settings_are_typed() -> None:
+    settings = load_settings(compose_config("benchmark", []))
+    assert settings.sizes == [(1024, 2048), (512, 1024)] and settings.trust_checkpoint is False
+    assert isinstance(settings.train_throughput, TrainThroughputSettings)
+    assert settings.train_throughput.crop == (360, 480) and settings.threads is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+train_throughput.stepz=3", "train_throughput.stepz: unknown key"),
+        ("+variantz=[eager]", "variantz: unknown key"),
+        ("+model.MM=3", "model.MM: unknown key"),
+        ("repeats=many", "repeats: expected int, got str 'many'"),
+        ("repeats=0", "repeats: expected a positive int, got 0"),
+        ("variants=[eager,tensorrt]", "variants: unknown ['tensorrt']"),
+        ("sizes=[[256]]", "sizes: expected a list of [H, W] of positive ints, got [[256]]"),
+        ("sizes=[256,512]", "sizes: expected a list of [H, W] of positive ints, got [256, 512]"),
+        ("sizes=[[0,512]]", "sizes: expected a list of [H, W] of positive ints, got [[0, 512]]"),
+        ("sizes=[[256,w]]", "sizes: expected a list of [H, W]"),
+        ("sizes=[]", "sizes: expected a list of [H, W]"),
+        ("train_throughput.crop=[360]", "train_throughput.crop: expected [H, W] of positive ints"),
+        ("device=tpu", "device=tpu: expected auto, cpu, cuda or cuda:N"),
+        ("threads=0", "threads: expected a positive int, got 0"),
+        ("threads=two", "threads: expected int | None"),
+    ],
+)
+def test_validate_names_the_bad_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config("benchmark", [override]))
+
+
+def test_bf16_training_needs_a_gpu() -> None:
+    cfg = compose_config("benchmark", ["device=cpu", "train_throughput.bf16=true"])
+    with pytest.raises(ConfigError, match=r"train_throughput\.bf16: .*CUDA only"):
+        validate(cfg)
+    cfg = compose_config(
+        "benchmark",
+        ["device=cpu", "train_throughput.bf16=true", "train_throughput.enabled=false"],
+    )
+    validate(cfg)  # not measured, so not refused
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_missing_gpu_names_the_device_key() -> None:
+    with pytest.raises(ConfigError, match="device=cuda: this machine has no CUDA GPU"):
+        validate(compose_config("benchmark", ["device=cuda"]))
+
+
+def test_command_refuses_a_bad_value_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("cgnet.benchmark", ["repeats=zero"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0] == "config error: repeats: expected int, got str 'zero'"
+    assert not (tmp_path / "benchmark.json").exists()

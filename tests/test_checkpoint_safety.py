@@ -322,11 +322,6 @@ def _sweep_holding(bad: Path, sweep: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="cgnet.report.jobs.read_job records any ValueError (CheckpointError is one) in the "
-    "job's status cell and the report exits 0",
-)
 def test_report_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     bad = write_malicious(tmp_path / "downloaded.ckpt", marker)

@@ -71,16 +71,16 @@ def substitute(args: str, paths: dict[str, Path]) -> list[str]:
     root = paths["camvid"] if "data=camvid" in args else paths["root"]
     args = args.replace("CKPT", str(paths["ckpt"])).replace("ROOT", str(root))
     args = args.replace("path/to/images", str(paths["images"]))
-    args = args.replace("logs/train/multiruns/<sweep>", str(paths["sweep"].relative_to(paths["cwd"])))
+    args = args.replace(
+        "logs/train/multiruns/<sweep>", str(paths["sweep"].relative_to(paths["cwd"]))
+    )
     return shlex.split(args)
 
 
 @pytest.mark.parametrize(
     ("module", "args"), readme_commands(), ids=[f"{m} {a}" for m, a in readme_commands()]
 )
-def test_readme_command_runs_as_written(
-    module: str, args: str, workdir: dict[str, Path]
-) -> None:
+def test_readme_command_runs_as_written(module: str, args: str, workdir: dict[str, Path]) -> None:
     env = {"CITYSCAPES_DATASET": str(workdir["root"])}  # the commands without data.root use it
     done = run_cli(module, substitute(args, workdir), cwd=workdir["cwd"], timeout=600, env=env)
     assert done.returncode == 0, f"{module} {args}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cgnet.errors import CheckpointError
 from cgnet.models import CGNet
 from cgnet.models.summary import summarize
 from cgnet.report import build_report, main, split_overrides
@@ -96,11 +97,11 @@ def test_classes_from_the_checkpoint_only_when_its_pickle_is_safe_or_trusted(
         (job / "summary.json").write_text(json.dumps(summary))
     expected = summarize(CGNet(11, M=2, N=3), (64, 128)).total_params
 
-    safe, code = build_report(sweep, size=(64, 128))[0]
-    assert safe.status == "ok" and safe.params == expected
-    assert code.params is None and "--trust-checkpoint" in code.status
+    with pytest.raises(CheckpointError, match=r"best\.ckpt.*--trust-checkpoint"):
+        build_report(sweep, size=(64, 128))
 
-    code = build_report(sweep, size=(64, 128), trust_checkpoint=True)[0][1]
+    safe, code = build_report(sweep, size=(64, 128), trust_checkpoint=True)[0]
+    assert safe.status == "ok" and safe.params == expected
     assert code.status == "ok" and code.params == expected
 
 

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
+from cgnet.models import CGNet
+from cgnet.train import build_trainer, validate
 from cgnet.wandb_logging import (
     WandbValidationLogger,
     finish_wandb,
@@ -26,8 +28,6 @@ from cgnet.wandb_logging import (
     wandb_loggers,
     wandb_name,
 )
-from cgnet.models import CGNet
-from cgnet.train import build_trainer, validate
 from helpers import compose_config, run_cli, tiny_overrides
 
 
@@ -244,8 +244,8 @@ def test_multirun_is_one_offline_run_per_job_grouped_by_sweep(
 def test_online_without_an_account_is_one_clear_error(
     tmp_path: Path, wandb_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cgnet.wandb_logging import log_run_info
     from cgnet.config import ConfigError
+    from cgnet.wandb_logging import log_run_info
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -160,7 +160,9 @@ def _missing_group_message(err: MissingConfigException, overrides: Sequence[str]
         return str(err).split("\n")[0]
     near = _nearest(option, options)
     hint = f"did you mean {group}={near}? " if near else ""
-    return f"{group}={option}: no such {group} config; {hint}(options: {', '.join(sorted(options))})"
+    return (
+        f"{group}={option}: no such {group} config; {hint}(options: {', '.join(sorted(options))})"
+    )
 
 
 def _unknown_key_message(
@@ -177,7 +179,7 @@ def _unknown_key_message(
     if cfg is not None:
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if isinstance(parent, DictConfig):
-            near = _nearest(leaf, [str(k) for k in parent.keys() if str(k) != "hydra"])
+            near = _nearest(leaf, [str(k) for k in parent if str(k) != "hydra"])
             if near:
                 hint = f"did you mean {parent_key + '.' if parent_key else ''}{near}? "
     add = f"+{key}={value}" if value is not None else f"+{key}=..."
@@ -208,7 +210,9 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
                 value = next(
                     (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key), None
                 )
-                raise ConfigError(_unknown_key_message(config_name, key, overrides, value)) from None
+                raise ConfigError(
+                    _unknown_key_message(config_name, key, overrides, value)
+                ) from None
             if line.startswith("Could not append to config. An item is already at '"):
                 key = line.split("'")[1]
                 raise ConfigError(f"+{key}: {key} already exists; set it without the '+'") from None
@@ -231,7 +235,11 @@ def _output_dir() -> Path | None:
 def remove_empty_run_dir() -> None:
     """A job that failed before writing anything leaves no folder that looks like a run."""
     output_dir = _output_dir()
-    if output_dir is None or not output_dir.is_dir() or output_dir.resolve() == Path.cwd().resolve():
+    if (
+        output_dir is None
+        or not output_dir.is_dir()
+        or output_dir.resolve() == Path.cwd().resolve()
+    ):
         return
     for path in output_dir.iterdir():
         if path.name == ".hydra":

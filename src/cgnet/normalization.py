@@ -31,7 +31,9 @@ class Normalize(nn.Module):
             raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {list(std)}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
+        )
         self.register_buffer(
             "inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False
         )

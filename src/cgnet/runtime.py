@@ -100,15 +100,15 @@ def pick_device(name: str | torch.device = "auto", *, key: str = "device") -> to
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ConfigError(
-            f"{key}={name}: expected auto, cpu, cuda or cuda:N"
-        ) from None
+        raise ConfigError(f"{key}={name}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:
             raise ConfigError(f"{key}={name}: this machine has no CUDA GPU (use {key}=cpu or auto)")
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"{key}={name}: this machine has {count} GPU(s) (cuda:0..{count - 1})")
+            raise ConfigError(
+                f"{key}={name}: this machine has {count} GPU(s) (cuda:0..{count - 1})"
+            )
     elif device.type != "cpu":
         raise ConfigError(f"{key}={name}: expected auto, cpu, cuda or cuda:N")
     return device

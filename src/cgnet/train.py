@@ -55,9 +55,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Lightning reloads ckpt_path itself: weights only, unless the user trusts the file
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     elif ckpt_path:  # train=false ckpt_path=X: score X on the val split with the configured devices
-        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
     summary["metrics"] = {
         k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))
     }
@@ -101,7 +102,9 @@ def report(summary: dict[str, Any]) -> None:
     checkpoint = summary.get("checkpoint") or summary.get("last_checkpoint")
     lines.append(f"checkpoint: {checkpoint or '(none saved)'}")
     if summary.get("preview"):
-        lines.append(f"prediction picture (image | ground truth | prediction): {summary['preview']}")
+        lines.append(
+            f"prediction picture (image | ground truth | prediction): {summary['preview']}"
+        )
     lines.append(f"run directory: {summary['output_dir']}")
     for line in lines:
         console.print(line, highlight=False)

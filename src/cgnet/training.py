@@ -83,10 +83,14 @@ def build_module(cfg: DictConfig, datamodule: Any) -> SegmentationModule:
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """Trainer with the configured callbacks and loggers (SyncBN only where it can run)."""
     callbacks = [
-        build_target(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node
+        build_target(node, f"callbacks.{key}")
+        for key, node in (cfg.get("callbacks") or {}).items()
+        if node
     ]
     loggers = [
-        build_target(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node
+        build_target(node, f"logger.{key}")
+        for key, node in (cfg.get("logger") or {}).items()
+        if node
     ]
     trainer_cfg = plain(cfg.trainer)
     if trainer_cfg.get("sync_batchnorm") and not torch.cuda.is_available():
@@ -195,7 +199,9 @@ def check_checkpoint_classes(
     if ckpt_path is None:
         return
     blob = read_checkpoint(ckpt_path, trust=trust)
-    saved = (blob.get("hyper_parameters") or {}).get("num_classes") if isinstance(blob, dict) else None
+    saved = (
+        (blob.get("hyper_parameters") or {}).get("num_classes") if isinstance(blob, dict) else None
+    )
     if saved is not None and saved != module.net.num_classes:
         raise ConfigError(
             f"ckpt_path: {ckpt_path} was trained for {saved} classes but data has "

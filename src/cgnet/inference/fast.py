@@ -10,8 +10,7 @@ docs/benchmarks.md records what each step buys and why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -243,6 +242,7 @@ def fold_network(model: CGNet) -> FastCGNet:
 # --------------------------------------------------------------------------------------------------
 # CPU runtime
 # --------------------------------------------------------------------------------------------------
+
 
 def optimize(
     model: CGNet,

@@ -81,7 +81,11 @@ def _data_overrides() -> list[str]:
 def data_config(cfg: DictConfig, hparams: dict[str, Any]) -> DictConfig:
     """The checkpoint's recorded data config (plus ``data.*`` overrides) unless ``data=`` was given."""
     recorded = hparams.get("data")
-    if not isinstance(recorded, dict) or "_target_" not in recorded or _chose_data_on_command_line():
+    if (
+        not isinstance(recorded, dict)
+        or "_target_" not in recorded
+        or _chose_data_on_command_line()
+    ):
         return cfg.data
     node = OmegaConf.merge(OmegaConf.create(recorded), OmegaConf.from_dotlist(_data_overrides()))
     assert isinstance(node, DictConfig)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cgnet.checkpoint import read_checkpoint
-from cgnet.errors import ConfigError
+from cgnet.errors import CheckpointError, ConfigError
 from cgnet.models import CGNet
 from cgnet.models.summary import summarize
 
@@ -168,6 +168,8 @@ def read_job(run_dir: Path, size: Sequence[int], *, trust: bool = False) -> JobR
         try:
             classes = num_classes_of(loaded, summary, trust=trust)
             result.params, result.macs = model_cost(_model_kwargs(loaded), classes, size)
+        except CheckpointError:
+            raise  # a file that would run code stops the report: never a table cell
         except (ValueError, TypeError) as err:
             result.status = f"cannot build the model: {err}"
     elif result.status == "ok":
