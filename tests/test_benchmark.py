@@ -21,6 +21,7 @@ from cgnet.benchmark import (
     validate,
 )
 from cgnet.config import ConfigError
+from cgnet.errors import UserError
 from helpers import compose_config, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -180,3 +181,14 @@ def test_command_refuses_a_bad_value_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, lines
     assert lines[0] == "config error: repeats: expected int, got str 'zero'"
     assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_checkpoint_weights_are_measured(tmp_path: Path) -> None:
+    weights = Path(__file__).parent / "fixtures" / "reference" / "cgnet_official_camvid_m3n21.pth"
+    tiny = [*TINY, "model.M=3", "model.N=21", "num_classes=11", "train_throughput.enabled=false"]
+    result = run(compose_benchmark(*tiny, f"ckpt_path={weights}", "variants=[fast]"))
+    assert "weights from" in result["model"]["source"] and result["model"]["num_classes"] == 11
+    fast = next(r for r in result["inference"] if r["variant"] == "fast")
+    assert fast["max_abs_diff"] <= 1e-2 and fast["argmax_agreement"] >= 0.999
+    with pytest.raises(UserError, match=r"missing\.pth"):
+        run(compose_benchmark(*tiny, f"ckpt_path={tmp_path / 'missing.pth'}"))

@@ -142,6 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _write(path_text: str, text: str) -> None:
+    """Write a result file (its folder too) and say where, so the user finds it."""
     path = Path(path_text)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

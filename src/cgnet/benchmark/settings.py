@@ -73,6 +73,7 @@ def _build(schema: type[S], values: dict[str, Any], prefix: str) -> S:
 
 
 def _at_least(key: str, value: int, low: int) -> None:
+    """A count the benchmark divides by or loops over: zero or negative would fail much later."""
     if value < low:
         kind = "a positive int" if low == 1 else f"an int >= {low}"
         raise ConfigError(f"{key}: expected {kind}, got {value}")
