@@ -38,6 +38,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 
 from cgnet.errors import ConfigError, UserError
 from cgnet.runtime import configure_process
@@ -108,7 +109,7 @@ def fail(err: BaseException, kind: str | None = None) -> NoReturn:
     """One red line on stderr and exit status 2: the user's to fix, not a bug."""
     kind = kind or getattr(err, "kind", "error")
     message = " ".join(str(err).split("\n")[:3]).strip()
-    _console.print(f"[bold red]{kind}:[/] {message}", markup=True)
+    _console.print(f"[bold red]{escape(kind)}:[/] {escape(message)}", markup=True)
     sys.exit(2)
 
 

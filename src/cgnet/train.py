@@ -41,6 +41,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     trust = bool(cfg.get("trust_checkpoint", False))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    # read the files a run starts from before any data work: a corrupt or unsafe one fails at once
+    resumed = read_checkpoint(ckpt_path, trust=trust) if ckpt_path else None
+    if cfg.pretrained.path:
+        read_checkpoint(Path(cfg.pretrained.path).expanduser(), trust=trust)
     trainer = build_trainer(cfg)  # cheap, and fails early on devices the machine lacks
     datamodule = build_target(cfg.data, "data")
     datamodule.prepare_data()  # before fit, so DDP ranks started later find the data ready
@@ -51,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg, datamodule)
     load_pretrained(cfg, module)
-    check_checkpoint_classes(ckpt_path, module, trust=trust)
+    check_checkpoint_classes(ckpt_path, resumed, module)
     log_run_info(trainer, cfg, module.net)  # W&B only: composed config, parameters, multiply-adds
     summary: dict[str, Any] = {"output_dir": str(output_dir)}
     if cfg.train:

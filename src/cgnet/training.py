@@ -20,7 +20,6 @@ from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from cgnet.checkpoint import read_checkpoint
 from cgnet.cli import is_multirun
 from cgnet.config import ConfigError, build_target, check_arguments, check_target_node, plain
 from cgnet.models import CGNet, WeightsMismatchError, load_weights
@@ -192,13 +191,10 @@ def load_pretrained(cfg: DictConfig, module: SegmentationModule) -> None:
     log.info("%s", loaded)
 
 
-def check_checkpoint_classes(
-    ckpt_path: str | None, module: SegmentationModule, *, trust: bool = False
-) -> None:
+def check_checkpoint_classes(ckpt_path: str | None, blob: Any, module: SegmentationModule) -> None:
     """Resuming a checkpoint trained for other classes than the data has would fail deep in Lightning."""
     if ckpt_path is None:
         return
-    blob = read_checkpoint(ckpt_path, trust=trust)
     saved = (
         (blob.get("hyper_parameters") or {}).get("num_classes") if isinstance(blob, dict) else None
     )
