@@ -62,42 +62,41 @@ def read_hparams(path: str, *, trust: bool) -> dict[str, Any]:
     return dict(hparams or {})
 
 
-def _chose_data_on_command_line() -> bool:
-    if not HydraConfig.initialized():
-        return False
-    return any(o.lstrip("+~").split("=", 1)[0] == "data" for o in HydraConfig.get().overrides.task)
+def command_line_overrides() -> list[str]:
+    """The overrides the running command was given (none outside a Hydra command)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _data_overrides() -> list[str]:
-    if not HydraConfig.initialized():
-        return []
-    return [
-        o.lstrip("+").removeprefix("data.")
-        for o in HydraConfig.get().overrides.task
-        if o.lstrip("+").startswith("data.")
-    ]
+def data_config(
+    cfg: DictConfig, hparams: dict[str, Any], overrides: list[str] | None = None
+) -> DictConfig:
+    """The checkpoint's recorded data config (plus ``data.*`` overrides) unless ``data=`` was given.
 
-
-def data_config(cfg: DictConfig, hparams: dict[str, Any]) -> DictConfig:
-    """The checkpoint's recorded data config (plus ``data.*`` overrides) unless ``data=`` was given."""
+    ``overrides`` defaults to the running command's own.
+    """
+    overrides = command_line_overrides() if overrides is None else overrides
     recorded = hparams.get("data")
-    if (
-        not isinstance(recorded, dict)
-        or "_target_" not in recorded
-        or _chose_data_on_command_line()
-    ):
+    chose_data = any(o.lstrip("+~").split("=", 1)[0] == "data" for o in overrides)
+    if not isinstance(recorded, dict) or "_target_" not in recorded or chose_data:
         return cfg.data
-    node = OmegaConf.merge(OmegaConf.create(recorded), OmegaConf.from_dotlist(_data_overrides()))
+    own = [
+        o.lstrip("+").removeprefix("data.") for o in overrides if o.lstrip("+").startswith("data.")
+    ]
+    node = OmegaConf.merge(OmegaConf.create(recorded), OmegaConf.from_dotlist(own))
     assert isinstance(node, DictConfig)
     return node
 
 
 def build_data(
-    cfg: DictConfig, hparams: dict[str, Any] | None = None, *, read_split: bool = True
+    cfg: DictConfig,
+    hparams: dict[str, Any] | None = None,
+    *,
+    read_split: bool = True,
+    overrides: list[str] | None = None,
 ) -> Any:
     """The DataModule, reading ``cfg.split`` through its whole-image validation loader
     (``read_split=False``: only its classes, palette and normalisation, for image files)."""
-    node = data_config(cfg, hparams or {})
+    node = data_config(cfg, hparams or {}, overrides)
     with open_dict(node):
         node.val_split = cfg.split
     check_target_node(node, "data")
@@ -109,12 +108,13 @@ def build_data(
 
 
 def load_checkpoint_and_data(
-    cfg: DictConfig, *, read_split: bool = True
+    cfg: DictConfig, *, read_split: bool = True, overrides: list[str] | None = None
 ) -> tuple[LoadedNetwork, Any]:
-    """The network from any checkpoint format and the data to run it on."""
+    """The network from any checkpoint format and the data to run it on (``overrides``: those the
+    config was composed with, when not run as a command, e.g. from a notebook)."""
     trust = bool(cfg.trust_checkpoint)
     hparams = read_hparams(cfg.ckpt_path, trust=trust)
-    datamodule = build_data(cfg, hparams, read_split=read_split)
+    datamodule = build_data(cfg, hparams, read_split=read_split, overrides=overrides)
     loaded = load_network(cfg.ckpt_path, datamodule.num_classes, plain(cfg.model), trust=trust)
     return loaded, datamodule
 
