@@ -10,6 +10,7 @@ docs/benchmarks.md records what each step buys and why.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from cgnet.models.blocks import BNAct, CGBlock, CGDownBlock, ConvBNAct, FGlo
 from cgnet.models.cgnet import CGNet
+from cgnet.models.parts import PARTS, Kind
 from cgnet.runtime import flush_denormals, reuse_cpu_memory
 
 __all__ = ["FastCGNet", "fold_network", "optimize"]
@@ -186,26 +188,54 @@ class FastCGBlock(nn.Module):
         return y
 
 
+def _fold_stem(stem: nn.Sequential) -> nn.Sequential:
+    return nn.Sequential(*(FoldedConv.from_conv_bn_act(m) for m in stem))
+
+
+def _fold_cg_blocks(blocks: nn.ModuleList) -> nn.Sequential:
+    return nn.Sequential(*(FastCGBlock(b) for b in blocks))
+
+
+# How each kind of CGNet part (cgnet.models.parts) folds into a module of the same name.
+_FOLD: dict[Kind, Callable[[Any], nn.Module]] = {
+    "stem": _fold_stem,
+    "join": Join,
+    "cg_down": FastCGBlock,
+    "cg_blocks": _fold_cg_blocks,
+    "classifier": FoldedConv.from_conv,
+}
+# Kinds with no module of their own: both input injections share one pool (the 4x one pools the 2x
+# one again), and dropout is the identity at inference.
+UNFOLDED_KINDS: frozenset[Kind] = frozenset({"injection", "dropout"})
+
+
 class FastCGNet(nn.Module):
     """Inference-only CGNet with every exact BatchNorm fold applied; called like the model it came from.
 
     It holds buffers only (no parameters): it is for prediction, export and benchmarking, not training.
+    Its modules are CGNet's parts folded by kind, under the parts' names, plus the injections' pool.
     """
+
+    stem: nn.Sequential
+    join1: Join
+    stage2_down: FastCGBlock
+    stage2: nn.Sequential
+    join2: Join
+    stage3_down: FastCGBlock
+    stage3: nn.Sequential
+    join3: Join
+    classifier: FoldedConv
 
     def __init__(self, model: CGNet) -> None:
         super().__init__()
         self.num_classes = model.num_classes
         self.input_injection = model.input_injection
-        self.stem = nn.Sequential(*(FoldedConv.from_conv_bn_act(m) for m in model.stem))
         self.pool = nn.AvgPool2d(3, stride=2, padding=1)
-        self.join1 = Join(model.join1)
-        self.stage2_down = FastCGBlock(model.stage2_down)
-        self.stage2 = nn.Sequential(*(FastCGBlock(b) for b in model.stage2))
-        self.join2 = Join(model.join2)
-        self.stage3_down = FastCGBlock(model.stage3_down)
-        self.stage3 = nn.Sequential(*(FastCGBlock(b) for b in model.stage3))
-        self.join3 = Join(model.join3)
-        self.classifier = FoldedConv.from_conv(model.classifier)
+        for part in PARTS:
+            if part.kind in _FOLD:
+                self.add_module(part.name, _FOLD[part.kind](getattr(model, part.name)))
+            elif part.kind not in UNFOLDED_KINDS:
+                raise TypeError(f"FastCGNet cannot fold CGNet's {part.name} ({part.kind} part)")
         self.memory_format = torch.contiguous_format
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:

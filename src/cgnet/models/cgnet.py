@@ -90,20 +90,21 @@ class CGNet(nn.Module):
         self.M, self.N = M, N
         self.input_injection = input_injection
 
-        # Stage 1: three 3x3 convs, the first with stride 2.
+        # The parts in forward order, as cgnet.models.parts.PARTS lists them (a test holds the two
+        # together). Stage 1: three 3x3 convs, the first with stride 2.
         self.stem = nn.Sequential(
             ConvBNAct(3, w1, 3, stride=2, **act),
             ConvBNAct(w1, w1, 3, **act),
             ConvBNAct(w1, w1, 3, **act),
         )
         self.injection_2x = InputInjection(1)
-        self.injection_4x = InputInjection(2)
         self.join1 = BNAct(w1 + inj, **act)
         # Stage 2 (the paper's M blocks, 1/4 resolution).
         self.stage2_down = CGDownBlock(w1 + inj, w2, d2, r2, **block)
         self.stage2 = nn.ModuleList(
             CGBlock(w2, d2, r2, residual=residual, **block) for _ in range(M - 1)
         )
+        self.injection_4x = InputInjection(2)
         self.join2 = BNAct(2 * w2 + inj, **act)
         # Stage 3 (the paper's N blocks, 1/8 resolution).
         self.stage3_down = CGDownBlock(2 * w2 + inj, w3, d3, r3, **block)

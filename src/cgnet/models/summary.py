@@ -26,17 +26,8 @@ from rich.table import Table
 from torch import nn
 
 from cgnet.models.cgnet import CGNet
+from cgnet.models.parts import SUMMARY_ROWS
 
-# CGNet's top-level children, grouped as the paper's figure draws the network.
-_STAGES: dict[str, tuple[str, ...]] = {
-    "stem": ("stem",),
-    "injection 1 + join 1": ("injection_2x", "join1"),
-    "stage 2 (CG-Down + blocks)": ("stage2_down", "stage2"),
-    "injection 2 + join 2": ("injection_4x", "join2"),
-    "stage 3 (CG-Down + blocks)": ("stage3_down", "stage3"),
-    "join 3": ("join3",),
-    "classifier": ("dropout", "classifier"),
-}
 _OUTPUT_ROW = "output (bilinear resize)"
 
 
@@ -68,7 +59,7 @@ class ModelSummary:
         return sum(s.macs for s in self.stages)
 
     def stage(self, name: str) -> StageSummary:
-        """A row by name (the names of ``_STAGES``, 'output (bilinear resize)' or a child's)."""
+        """A row by name (a row of ``parts.SUMMARY_ROWS``, 'output (bilinear resize)' or a child's)."""
         for s in self.stages:
             if s.name == name:
                 return s
@@ -121,9 +112,9 @@ def summarize(model: nn.Module, size: Sequence[int] = (1024, 2048), batch: int =
             f"size must be two positive integers and batch >= 1, got {size!r}, {batch!r}"
         )
     height, width = (int(v) for v in size)
-    group_of = {child: stage for stage, children in _STAGES.items() for child in children}
+    group_of = {child: stage for stage, children in SUMMARY_ROWS.items() for child in children}
     names = [n for n, _ in model.named_children()]
-    rows = [s for s in _STAGES if any(c in names for c in _STAGES[s])]
+    rows = [s for s in SUMMARY_ROWS if any(c in names for c in SUMMARY_ROWS[s])]
     rows += [n for n in names if n not in group_of]
     params = dict.fromkeys(rows, 0)
     for name, p in model.named_parameters():

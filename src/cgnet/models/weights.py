@@ -4,7 +4,8 @@ Layouts: the authors' official code, mmsegmentation, sssegmentation, and ours (a
 plain ``CGNet.state_dict()`` or a Lightning checkpoint of the training module, whose network is
 ``net``). Each foreign layout is one function naming each of *our* keys the way that layout does, so
 loading and exporting share one bijective mapping driven by the model at hand: whatever the model
-has (ablations, depth, head bias) is exactly what the file must hold.
+has (ablations, depth, head bias) is exactly what the file must hold. Which module holds a part is
+read from the parts table (:mod:`cgnet.models.parts`); the names inside a part follow its kind.
 
 Loading is all or nothing: keys and shapes are checked in full before ``load_state_dict`` runs, and
 a mismatch raises :class:`WeightsMismatchError` listing everything that does not fit.
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from cgnet.models.blocks import OFFICIAL_BN_EPS, CGBlock, FGlo
 from cgnet.models.cgnet import CGNet
+from cgnet.models.parts import PARTS, Kind, Part, foreign_pattern, split_key
 from cgnet.models.serialization import read_checkpoint
 
 Format = Literal["official", "mmseg", "sssegmentation", "ours", "lightning"]
@@ -63,10 +65,54 @@ class LoadReport:
 # Key naming: our key -> the foreign layout's key.
 # --------------------------------------------------------------------------------------------------
 
-_OURS = re.compile(
-    r"^(?:(?P<stem>stem\.\d+)|(?P<join>join[123])|stage(?P<down>[23])_down|stage(?P<stage>[23])\.(?P<k>\d+)"
-    r"|(?P<head>classifier))\.(?P<rest>.+)$"
-)
+# Names inside a part, ours -> theirs, by the part's kind ("" matches all: the names agree).
+_SAME: tuple[tuple[str, str], ...] = (("", ""),)
+_OFFICIAL_INNER: dict[Kind, tuple[tuple[str, str], ...]] = {
+    "stem": _SAME,
+    "join": _SAME,
+    "classifier": _SAME,
+    "cg_down": (
+        ("conv_in.", "conv1x1."),
+        ("f_loc.", "F_loc.conv."),
+        ("f_sur.", "F_sur.conv."),
+        ("f_joi.", ""),  # the authors' CG-Down block holds f_joi's BN and PReLU directly
+        ("reduce.", "reduce.conv."),
+        ("f_glo.", "F_glo."),
+    ),
+    "cg_blocks": (
+        ("conv_in.", "conv1x1."),
+        ("f_loc.", "F_loc.conv."),
+        ("f_sur.", "F_sur.conv."),
+        ("f_joi.", "bn_prelu."),
+        ("f_glo.", "F_glo."),
+    ),
+}
+
+
+def _mm_inner(kind: Kind, *, sequential: bool) -> tuple[tuple[str, str], ...]:
+    """mmseg's names inside a part; sssegmentation (``sequential``) indexes its ConvBNAct layers."""
+    conv_bn_act = (
+        (("conv.", "0."), ("bn.", "1."), ("act.", "2."))
+        if sequential
+        else (("conv.", "conv."), ("bn.", "bn."), ("act.", "activate."))
+    )
+    if kind == "stem":
+        return conv_bn_act
+    if kind == "join":
+        return (("bn.", "0."), ("act.", "1."))
+    if kind in ("cg_down", "cg_blocks"):
+        return (
+            *((f"conv_in.{a}", f"conv1x1.{b}") for a, b in conv_bn_act),
+            ("f_loc.", "f_loc."),
+            ("f_sur.", "f_sur."),
+            ("f_joi.bn.", "bn."),
+            ("f_joi.act.", "activate."),
+            ("reduce.", "bottleneck."),
+            ("f_glo.", "f_glo."),
+        )
+    if kind == "classifier":
+        return _SAME
+    raise KeyError(f"mmseg holds no weights of a {kind} part")
 
 
 def _replace_prefix(rest: str, table: Iterable[tuple[str, str]], key: str) -> str:
@@ -76,62 +122,39 @@ def _replace_prefix(rest: str, table: Iterable[tuple[str, str]], key: str) -> st
     raise KeyError(f"no foreign name for parameter {key!r}")
 
 
+def _split(key: str, layout: str) -> tuple[Part, int | None, str]:
+    try:
+        return split_key(key)
+    except KeyError:
+        raise KeyError(f"no {layout} name for parameter {key!r}") from None
+
+
 def _official_name(key: str, classifier_index: int = 0) -> str:
     """The authors' names: level1_i stem, b1/bn_prelu_2/bn_prelu_3 joins, levelS_0 and levelS.k."""
-    m = _OURS.match(key)
-    if m is None:
-        raise KeyError(f"no official name for parameter {key!r}")
-    rest = m["rest"]
-    if m["stem"]:
-        return f"level1_{m['stem'].split('.')[1]}.{rest}"
-    if m["join"]:
-        return {"join1": "b1", "join2": "bn_prelu_2", "join3": "bn_prelu_3"}[m["join"]] + "." + rest
-    if m["head"]:
-        return f"classifier.{classifier_index}.conv.{rest}"
-    down = m["down"] is not None
-    block = f"level{m['down']}_0" if down else f"level{m['stage']}.{m['k']}"
-    table = [
-        ("conv_in.", "conv1x1."),
-        ("f_loc.", "F_loc.conv."),
-        ("f_sur.", "F_sur.conv."),
-        ("f_joi.", "" if down else "bn_prelu."),
-        ("reduce.", "reduce.conv."),
-        ("f_glo.", "F_glo."),
-    ]
-    return f"{block}.{_replace_prefix(rest, table, key)}"
+    part, k, rest = _split(key, "official")
+    module = part.foreign("official", k, head=classifier_index)
+    return f"{module}.{_replace_prefix(rest, _OFFICIAL_INNER[part.kind], key)}"
 
 
 def _mm_name(key: str, *, sequential: bool) -> str:
     """mmsegmentation's names (``sequential=False``) or sssegmentation's (nn.Sequential indices)."""
-    m = _OURS.match(key)
-    if m is None:
-        raise KeyError(f"no mmseg/sssegmentation name for parameter {key!r}")
-    rest = m["rest"]
-    conv_bn_act = (
-        [("conv.", "0."), ("bn.", "1."), ("act.", "2.")]
-        if sequential
-        else [("conv.", "conv."), ("bn.", "bn."), ("act.", "activate.")]
-    )
-    backbone = "backbone_net." if sequential else "backbone."
-    if m["head"]:
-        return ("decoder.1." if sequential else "decode_head.conv_seg.") + rest
-    if m["stem"]:
-        return f"{backbone}{m['stem']}.{_replace_prefix(rest, conv_bn_act, key)}"
-    if m["join"]:
-        index = int(m["join"][-1]) - 1
-        rest = _replace_prefix(rest, [("bn.", "0."), ("act.", "1.")], key)
-        return f"{backbone}norm_prelu_{index}.{rest}"
-    level, index = (m["down"], 0) if m["down"] else (m["stage"], int(m["k"]) + 1)
-    table = [
-        *((f"conv_in.{a}", f"conv1x1.{b}") for a, b in conv_bn_act),
-        ("f_loc.", "f_loc."),
-        ("f_sur.", "f_sur."),
-        ("f_joi.bn.", "bn."),
-        ("f_joi.act.", "activate."),
-        ("reduce.", "bottleneck."),
-        ("f_glo.", "f_glo."),
-    ]
-    return f"{backbone}level{int(level) - 1}.{index}.{_replace_prefix(rest, table, key)}"
+    part, k, rest = _split(key, "mmseg/sssegmentation")
+    module = part.foreign("sssegmentation" if sequential else "mmseg", k)
+    return f"{module}.{_replace_prefix(rest, _mm_inner(part.kind, sequential=sequential), key)}"
+
+
+def _own_pattern() -> re.Pattern[str]:
+    """Our keys: a list part's carry an index; the classifier is a bare conv, which keeps the
+    official ``classifier.0.conv.`` out."""
+    alternatives = []
+    for part in PARTS:
+        if part.is_list:
+            alternatives.append(rf"{part.name}\.\d+\.")
+        elif part.kind == "classifier":
+            alternatives.append(rf"{part.name}\.(?:weight|bias)$")
+        elif part.has_weights:
+            alternatives.append(rf"{part.name}\.")
+    return re.compile(rf"^(?:{'|'.join(alternatives)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,15 +162,11 @@ def _mm_name(key: str, *, sequential: bool) -> str:
 # --------------------------------------------------------------------------------------------------
 
 _SIGNATURES: dict[Format, re.Pattern[str]] = {
-    "official": re.compile(
-        r"^(level1_\d+|b1|level[23]_0|level[23]\.\d+|bn_prelu_[23]|classifier\.\d+\.conv)\."
-    ),
+    "official": foreign_pattern("official"),
     "mmseg": re.compile(r"^(backbone|decode_head|auxiliary_head)\."),
     "sssegmentation": re.compile(r"^(backbone_net|decoder|auxiliary_decoder)\."),
     "lightning": re.compile(r"^net\."),
-    "ours": re.compile(
-        r"^(stem\.\d+|join[123]|stage[23]_down|stage[23]\.\d+)\.|^classifier\.(weight|bias)$"
-    ),
+    "ours": _own_pattern(),
 }
 # Training-only heads that inference never uses: dropped with a note (and nothing else is dropped).
 _AUXILIARY = {"mmseg": "auxiliary_head.", "sssegmentation": "auxiliary_decoder."}
@@ -401,7 +420,14 @@ def _foreign_incompatibilities(model: CGNet, fmt: str) -> list[str]:
 
 
 def _cg_blocks(model: CGNet) -> list[nn.Module]:
-    return [model.stage2_down, *model.stage2, model.stage3_down, *model.stage3]
+    """Every CG block and CG-Down block, in forward order."""
+    blocks: list[nn.Module] = []
+    for part in PARTS:
+        if part.kind == "cg_down":
+            blocks.append(getattr(model, part.name))
+        elif part.kind == "cg_blocks":
+            blocks.extend(getattr(model, part.name))
+    return blocks
 
 
 def export_weights(model: CGNet, format: ExportFormat) -> dict[str, Any]:
