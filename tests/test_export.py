@@ -23,6 +23,7 @@ from cgnet.deploy import (
     read_metadata,
     run_exported,
 )
+from cgnet.errors import CheckpointError
 from cgnet.export import default_output, export, summary
 from cgnet.models import CGNet
 from cgnet.module import SegmentationModule
@@ -211,7 +212,7 @@ def test_export_command_errors_are_config_errors(tmp_path: Path) -> None:
         export(compose_export())
     with pytest.raises(ConfigError, match="format"):
         export(compose_export(f"ckpt_path={tmp_path / 'x.pth'}", "format=tflite"))
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         export(compose_export(f"ckpt_path={tmp_path / 'missing.pth'}", "num_classes=3"))
 
 

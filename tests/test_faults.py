@@ -147,7 +147,7 @@ def test_crop_larger_than_the_scaled_images_is_one_line(data_root: Path, tmp_pat
     result = run_cli("cgnet.train", args, cwd=tmp_path)
     assert result.returncode == 2
     assert (
-        "data error: data.crop_size=[64, 512] is larger than the training images" in result.stdout
+        "data error: data.crop_size=[64, 512] is larger than the training images" in result.stderr
     )
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -170,5 +170,5 @@ def test_broken_data_is_one_line_before_training(data_root: Path, tmp_path: Path
     args = [*tiny_overrides(root, tmp_path), "data.num_workers=0"]
     result = run_cli("cgnet.train", args, cwd=tmp_path)
     assert result.returncode == 2
-    assert "data error:" in result.stdout and label.name in result.stdout
+    assert "data error:" in result.stderr and label.name in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

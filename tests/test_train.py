@@ -196,7 +196,7 @@ def test_missing_resume_checkpoint_is_a_clear_error(data_root: Path, tmp_path: P
 def test_cli_typo_exits_with_one_line(tmp_path: Path) -> None:
     result = run_cli("cgnet.train", ["model.N=abc", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 2
-    assert "model.N: expected int, got str 'abc'" in result.stdout
+    assert "model.N: expected int, got str 'abc'" in result.stderr  # one line, on stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 

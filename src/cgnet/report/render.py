@@ -25,6 +25,29 @@ def _fmt(value: float | int | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+# The figures of a job and how each is written: exact in the CSV, readable in tables.
+CSV_FIGURES = {
+    "params": "d",
+    "macs": "d",
+    "gmacs": ".4f",
+    "miou_best": ".6f",
+    "miou_last": ".6f",
+    "latency_ms": ".3f",
+}
+TABLE_FIGURES = {
+    "params": ",",
+    "gmacs": ".3f",
+    "miou_best": ".4f",
+    "miou_last": ".4f",
+    "latency_ms": ".1f",
+}
+
+
+def figures(result: JobResult, formats: dict[str, str]) -> list[str]:
+    """The job's figures as text, in the order and format of ``formats``."""
+    return [_fmt(getattr(result, key), spec) for key, spec in formats.items()]
+
+
 def best_job(results: Sequence[JobResult]) -> JobResult | None:
     """The job every output highlights: the highest best val mIoU (None before any job finished)."""
     scored = [r for r in results if r.miou_best is not None]
@@ -60,12 +83,7 @@ def write_csv(results: Sequence[JobResult], swept: Sequence[str], path: Path) ->
                     r.status,
                     " ".join(f"{k}={v}" for k, v in values.items()),
                     *values.values(),
-                    _fmt(r.params, "d"),
-                    _fmt(r.macs, "d"),
-                    _fmt(r.gmacs, ".4f"),
-                    _fmt(r.miou_best, ".6f"),
-                    _fmt(r.miou_last, ".6f"),
-                    _fmt(r.latency_ms, ".3f"),
+                    *figures(r, CSV_FIGURES),
                     r.latency_source,
                     r.checkpoint or "",
                     str(r.run_dir),
@@ -155,11 +173,7 @@ def markdown(
         cells = [
             r.job,
             " ".join(f"`{k}={v}`" for k, v in swept_values(r, swept).items()) or "-",
-            _fmt(r.params, ","),
-            _fmt(r.gmacs, ".3f"),
-            _fmt(r.miou_best, ".4f"),
-            _fmt(r.miou_last, ".4f"),
-            _fmt(r.latency_ms, ".1f"),
+            *figures(r, TABLE_FIGURES),
             r.status,
         ]
         if r is best:
@@ -193,11 +207,7 @@ def rich_table(results: Sequence[JobResult], swept: Sequence[str], size: Sequenc
         table.add_row(
             r.job,
             " ".join(f"{k}={v}" for k, v in swept_values(r, swept).items()),
-            _fmt(r.params, ","),
-            _fmt(r.gmacs, ".3f"),
-            _fmt(r.miou_best, ".4f"),
-            _fmt(r.miou_last, ".4f"),
-            _fmt(r.latency_ms, ".1f"),
+            *figures(r, TABLE_FIGURES),
             r.status,
             style="bold green" if r is best else None,
         )
