@@ -53,6 +53,7 @@ CASES: list[tuple[str, str, str]] = [
     ("cgnet.models.summary", "size=[0,10]", "size"),
     ("cgnet.data.check", "num_workers=-1", "num_workers"),
     ("cgnet.report", "{missing}", "missing.ckpt"),
+    ("cgnet.data.benchmark", "--size 0 10", "--size"),
 ]
 
 

@@ -103,6 +103,8 @@ def test_eval_scores_the_data_the_checkpoint_was_trained_on(
     [
         ("cgnet.eval", ["data: camvid, cityscapes", "model: cgnet"], ["optimizer:", "trainer:"]),
         ("cgnet.export", ["model: cgnet"], ["data:", "optimizer:"]),
+        ("cgnet.predict", ["data: camvid, cityscapes", "model: cgnet"], ["optimizer:", "logger:"]),
+        ("cgnet.benchmark", ["model: cgnet"], ["data:", "trainer:"]),
         ("cgnet.train", ["optimizer: adam, adamw, sgd", "trainer:"], []),
     ],
 )

@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from cgnet.cli import plain_command
+from cgnet.config import ConfigError
 from cgnet.data.collate import collate
 from cgnet.data.datamodule import CityscapesDataModule
 from cgnet.data.dataset import SegmentationDataset
@@ -122,8 +124,28 @@ def _cycle(loader: DataLoader[Any]):  # type: ignore[no-untyped-def]
         yield from loader
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Impossible sizes and counts are one line naming the option, before anything is generated."""
+    for option, values in (("--size", args.size), ("--crop", args.crop)):
+        if min(values) < 1:
+            raise ConfigError(f"{option}: expected two positive integers H W, got {list(values)}")
+    if not 0 < args.scale_range[0] <= args.scale_range[1]:
+        raise ConfigError(f"--scale-range: expected 0 < lo <= hi, got {list(args.scale_range)}")
+    for option, value in (
+        ("--images", args.images),
+        ("--samples", args.samples),
+        ("--batch-size", args.batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{option}: expected a positive integer, got {value}")
+    if args.workers is not None and min(args.workers) < 0:
+        raise ConfigError(f"--workers: expected counts >= 0, got {args.workers}")
+
+
+@plain_command
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_args(args)
     console = Console()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # one core per worker; set before any fork (in a worker it can deadlock)
