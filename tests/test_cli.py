@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from cgnet.callbacks import ProgressBar
-from cgnet.overrides import check_overrides
 from cgnet.errors import ConfigError
+from cgnet.overrides import check_overrides
 from cgnet.train import run
 from helpers import compose_config, read_summary, run_cli, tiny_overrides
 

@@ -26,7 +26,7 @@ CONF = Path(cgnet.__file__).resolve().parents[2] / "conf" / "data"
 SHARED_KEYS = [
     "root", "batch_size", "val_batch_size", "num_workers", "crop_size", "scale_range", "scale_step",
     "flip", "photometric", "cat_max_ratio", "class_weights", "mean", "std", "train_split",
-    "val_split", "test_split", "pin_memory", "persistent_workers",
+    "val_split", "test_split", "pin_memory", "persistent_workers", "augment_on",
 ]  # fmt: skip
 SYNTHETIC_KEYS = ["num_train", "num_val", "num_test", "image_size", "seed"]
 

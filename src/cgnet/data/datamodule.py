@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from cgnet.data.collate import collate
 from cgnet.data.dataset import SegmentationDataset
+from cgnet.data.device_augment import DeviceAugment
 from cgnet.data.errors import DataError
 from cgnet.data.labels import (
     CAMVID,
@@ -44,10 +45,11 @@ from cgnet.data.layout import (
 )
 from cgnet.data.transforms import build_train_transform
 from cgnet.data.weights import computed_class_weights
-from cgnet.data.workers import process_rank, seed_worker
+from cgnet.data.workers import RANK_STRIDE, process_rank, seed_worker
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
 
 ClassWeights = Literal["none", "published", "computed"]
+AugmentOn = Literal["cpu", "device"]
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -84,6 +86,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         test_list: str | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        augment_on: AugmentOn = "cpu",
     ) -> None:
         super().__init__()
         _check_pair("crop_size", crop_size, positive=True)
@@ -96,6 +99,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.class_weights must be none|published|computed, got {class_weights!r}"
             )
+        if augment_on not in ("cpu", "device"):
+            raise ValueError(f"data.augment_on must be cpu|device, got {augment_on!r}")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {mean}, {std}")
         for key, value, least in (
@@ -122,6 +127,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.list_files = {"train": train_list, "val": val_list, "test": test_list}
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.augment_on = augment_on
+        self.device_augment: DeviceAugment | None = None
         self.datasets: dict[str, SegmentationDataset] = {}
         self._weights: torch.Tensor | None = None
 
@@ -194,7 +201,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _dataset(self, stage: str) -> SegmentationDataset:
         transform = None
-        if stage == "train":
+        if stage == "train" and self.augment_on == "cpu":
             transform = build_train_transform(
                 crop_size=self.crop_size,
                 scale_range=self.scale_range,
@@ -233,12 +240,36 @@ class SegmentationDataModule(pl.LightningDataModule):
         # than drawing from the global RNG, so building a loader never shifts the stream that picks
         # shuffle orders and worker seeds (a resumed run rebuilds its loaders at another moment).
         dataset.reseed(torch.initial_seed() + process_rank())
+        if self.augment_on == "device" and self.device_augment is None:
+            # Built here, after the run's seed_everything, so the device stream follows the seed;
+            # once, so loaders rebuilt every epoch continue the stream instead of replaying it.
+            self.device_augment = DeviceAugment(
+                crop_size=self.crop_size,
+                scale_range=self.scale_range,
+                scale_step=self.scale_step,
+                flip=self.flip,
+                photometric=self.photometric,
+                cat_max_ratio=self.cat_max_ratio,
+                fill=self._mean,
+                ignore_index=IGNORE_INDEX,
+                seed=torch.initial_seed() + RANK_STRIDE * process_rank(),
+            )
         if len(dataset) < self.batch_size:
             raise DataError(
                 f"the training split has {len(dataset)} image(s), fewer than data.batch_size="
                 f"{self.batch_size}; with drop_last no batch would be left"
             )
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With augment_on=device: scale/crop/flip/photometric the full-size training batch where it
+        now lives (the accelerator), so the loader workers only decode."""
+        trainer = self.trainer
+        if self.device_augment is None or trainer is None or not trainer.training:
+            return batch
+        image, mask = self.device_augment(batch["image"], batch["mask"], batch["size"])
+        sizes = torch.tensor([self.crop_size] * len(image), dtype=torch.int64, device=image.device)
+        return {**batch, "image": image, "mask": mask, "size": sizes}
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.dataset("val"), self.val_batch_size)
