@@ -199,19 +199,23 @@ class SegmentationDataModule(pl.LightningDataModule):
             if name not in self.datasets:
                 self.datasets[name] = self._dataset(name)
 
+    def augmentation(self) -> dict[str, Any]:
+        """The training augmentation's settings, the same for the CPU and the device path."""
+        return {
+            "crop_size": self.crop_size,
+            "scale_range": self.scale_range,
+            "scale_step": self.scale_step,
+            "flip": self.flip,
+            "photometric": self.photometric,
+            "cat_max_ratio": self.cat_max_ratio,
+            "fill": self._mean,  # padding = the mean, i.e. 0 after normalisation (as mmseg pads)
+            "ignore_index": IGNORE_INDEX,
+        }
+
     def _dataset(self, stage: str) -> SegmentationDataset:
         transform = None
         if stage == "train" and self.augment_on == "cpu":
-            transform = build_train_transform(
-                crop_size=self.crop_size,
-                scale_range=self.scale_range,
-                scale_step=self.scale_step,
-                flip=self.flip,
-                photometric=self.photometric,
-                cat_max_ratio=self.cat_max_ratio,
-                fill=self._mean,  # padding = the mean, i.e. 0 after normalisation (as mmseg pads)
-                ignore_index=IGNORE_INDEX,
-            )
+            transform = build_train_transform(**self.augmentation())
         return SegmentationDataset(self.samples(stage), self.label_luts, transform)
 
     def check_crop_fits(self) -> None:
@@ -244,15 +248,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             # Built here, after the run's seed_everything, so the device stream follows the seed;
             # once, so loaders rebuilt every epoch continue the stream instead of replaying it.
             self.device_augment = DeviceAugment(
-                crop_size=self.crop_size,
-                scale_range=self.scale_range,
-                scale_step=self.scale_step,
-                flip=self.flip,
-                photometric=self.photometric,
-                cat_max_ratio=self.cat_max_ratio,
-                fill=self._mean,
-                ignore_index=IGNORE_INDEX,
-                seed=torch.initial_seed() + RANK_STRIDE * process_rank(),
+                **self.augmentation(), seed=torch.initial_seed() + RANK_STRIDE * process_rank()
             )
         if len(dataset) < self.batch_size:
             raise DataError(
