@@ -41,26 +41,34 @@ class LoadedNetwork:
         return tuple(self.hparams["std"]) if "std" in self.hparams else None
 
 
+def hyper_parameters(checkpoint: Any) -> dict[str, Any]:
+    """A project checkpoint's hyper-parameters ({} for foreign weights)."""
+    found = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    return dict(found or {})
+
+
 def load_network(
     path: str | Path,
     num_classes: int | None = None,
     model: Mapping[str, Any] | None = None,
     *,
     trust: bool = False,
+    checkpoint: Any = None,
 ) -> LoadedNetwork:
     """CGNet in eval mode from a project checkpoint (self-describing) or foreign weights.
 
     For a project checkpoint ``num_classes`` is checked against the saved one (a mismatch with the
     dataset is an error, not a silent misuse); for foreign weights it and ``model`` define the network.
-    ``trust`` lets a file whose pickle runs code load (the user's ``trust_checkpoint=true``).
+    ``trust`` lets a file whose pickle runs code load (the user's ``trust_checkpoint=true``);
+    ``checkpoint`` is ``path`` already read with :func:`read_checkpoint`, so it is not read twice.
 
     Raises:
         CheckpointError: the file is missing, unreadable, or would run code without ``trust``.
         ConfigError: the classes of the checkpoint and the data differ, or bare weights come without
             a class count.
     """
-    blob = read_checkpoint(path, trust=trust)
-    hparams = dict(blob.get("hyper_parameters") or {}) if isinstance(blob, Mapping) else {}
+    blob = read_checkpoint(path, trust=trust) if checkpoint is None else checkpoint
+    hparams = hyper_parameters(blob)
     if "num_classes" in hparams:
         saved = int(hparams["num_classes"])
         if num_classes is not None and num_classes != saved:
@@ -77,4 +85,4 @@ def load_network(
     return LoadedNetwork(net.eval(), str(path), report.format, hparams)
 
 
-__all__ = ["OPT_IN", "LoadedNetwork", "load_network", "read_checkpoint"]
+__all__ = ["OPT_IN", "LoadedNetwork", "hyper_parameters", "load_network", "read_checkpoint"]

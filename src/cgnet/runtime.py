@@ -75,7 +75,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # torch's pytree deprecation, raised from inside Lightning on every fit
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=".*Trainer already configured with model summary.*")
 
 
 def configure_process(*, reuse_memory: bool = True) -> None:

@@ -20,6 +20,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from cgnet.checkpoint import hyper_parameters
 from cgnet.cli import is_multirun
 from cgnet.config import ConfigError, build_target, check_arguments, check_target_node, plain
 from cgnet.models import CGNet, WeightsMismatchError, load_weights
@@ -195,9 +196,7 @@ def check_checkpoint_classes(ckpt_path: str | None, blob: Any, module: Segmentat
     """Resuming a checkpoint trained for other classes than the data has would fail deep in Lightning."""
     if ckpt_path is None:
         return
-    saved = (
-        (blob.get("hyper_parameters") or {}).get("num_classes") if isinstance(blob, dict) else None
-    )
+    saved = hyper_parameters(blob).get("num_classes")
     if saved is not None and saved != module.net.num_classes:
         raise ConfigError(
             f"ckpt_path: {ckpt_path} was trained for {saved} classes but data has "

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cgnet.checkpoint import LoadedNetwork, load_network, read_checkpoint
+from cgnet.checkpoint import LoadedNetwork, hyper_parameters, load_network, read_checkpoint
 from cgnet.config import (
     ConfigError,
     build_target,
@@ -53,13 +53,6 @@ def check_test_time(cfg: DictConfig, schema: type[TestTimeSettings]) -> None:
     check_arguments(plain(cfg.model), CGNet, "model", skip=("num_classes",))
     check_target_node(cfg.data, "data")
     pick_device(cfg.device)
-
-
-def read_hparams(path: str, *, trust: bool) -> dict[str, Any]:
-    """A project checkpoint's hyper-parameters ({} for foreign weights)."""
-    blob = read_checkpoint(path, trust=trust)
-    hparams = blob.get("hyper_parameters") if isinstance(blob, dict) else None
-    return dict(hparams or {})
 
 
 def command_line_overrides() -> list[str]:
@@ -113,9 +106,13 @@ def load_checkpoint_and_data(
     """The network from any checkpoint format and the data to run it on (``overrides``: those the
     config was composed with, when not run as a command, e.g. from a notebook)."""
     trust = bool(cfg.trust_checkpoint)
-    hparams = read_hparams(cfg.ckpt_path, trust=trust)
-    datamodule = build_data(cfg, hparams, read_split=read_split, overrides=overrides)
-    loaded = load_network(cfg.ckpt_path, datamodule.num_classes, plain(cfg.model), trust=trust)
+    checkpoint = read_checkpoint(cfg.ckpt_path, trust=trust)  # read once: data config, then weights
+    datamodule = build_data(
+        cfg, hyper_parameters(checkpoint), read_split=read_split, overrides=overrides
+    )
+    loaded = load_network(
+        cfg.ckpt_path, datamodule.num_classes, plain(cfg.model), checkpoint=checkpoint
+    )
     return loaded, datamodule
 
 
