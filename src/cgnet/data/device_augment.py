@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +29,16 @@ _SDIV = np.array([0] + [round((255 << HSV_SHIFT) / i) for i in range(1, 256)], d
 _HDIV = np.array([0] + [round((180 << HSV_SHIFT) / (6 * i)) for i in range(1, 256)], dtype=np.int64)
 # HSV -> RGB: which of (v, v(1-s), v(1-sf), v(1-s(1-f))) is b, g, r in each hue sector (OpenCV's).
 _SECTORS = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))
+
+
+class Window(NamedTuple):
+    """Where each sample's crop comes from: what both warps (image and mask) need."""
+
+    sizes: torch.Tensor  # int64 [B, 2]: the sample's own (H, W) inside the collated batch
+    scales: torch.Tensor  # float64 [B]
+    scaled: torch.Tensor  # int64 [B, 2]
+    offsets: torch.Tensor  # int64 [B, 2]
+    flips: torch.Tensor  # bool [B]
 
 
 @dataclass
@@ -152,10 +163,10 @@ class DeviceAugment:
             if len(pending) == 0:
                 break
             index = pending.to(mask.device)
-            crop = self.warp_mask(
-                mask[index], sizes[pending], scales[pending], scaled[pending], offsets[pending],
-                no_flip[pending],
-            )  # fmt: skip
+            window = Window(
+                sizes[pending], scales[pending], scaled[pending], offsets[pending], no_flip[pending]
+            )
+            crop = self.warp_mask(mask[index], window)
             ok = _class_share_ok(crop, self.ignore_index, self.cat_max_ratio).cpu()
             pending = pending[~ok]
             offsets[pending] = self.draw_offsets(scaled[pending])
@@ -214,23 +225,17 @@ class DeviceAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The deterministic part: warp to the crop, fill the overhang, flip, colour."""
         sizes = sizes.cpu().to(torch.int64)
-        args = (sizes, params.scales, params.scaled, params.offsets, params.flips)
-        out_mask = self.warp_mask(mask, *args)
-        out_image = self.warp_image(image, *args)
+        window = Window(sizes, params.scales, params.scaled, params.offsets, params.flips)
+        out_mask = self.warp_mask(mask, window)
+        out_image = self.warp_image(image, window)
         if params.luts is not None:
             out_image = self.distort(out_image, params)
         return out_image, out_mask
 
-    def _axes(
-        self,
-        sizes: torch.Tensor,
-        scales: torch.Tensor,
-        scaled: torch.Tensor,
-        offsets: torch.Tensor,
-        flips: torch.Tensor,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _axes(self, window: Window) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per axis: the float64 source coordinate [B, n] (clamped: replicated edges) and whether
         each output position lies inside the scaled image [B, n]; flipped samples reverse x."""
+        sizes, scales, scaled, offsets, flips = window
         axes = []
         for axis, length in enumerate(self.crop_size):
             dst = torch.arange(length, dtype=torch.float64)[None, :]
@@ -244,17 +249,9 @@ class DeviceAugment:
             axes.append((src, inside))
         return axes
 
-    def warp_mask(
-        self,
-        mask: torch.Tensor,
-        sizes: torch.Tensor,
-        scales: torch.Tensor,
-        scaled: torch.Tensor,
-        offsets: torch.Tensor,
-        flips: torch.Tensor,
-    ) -> torch.Tensor:
+    def warp_mask(self, mask: torch.Tensor, window: Window) -> torch.Tensor:
         """Nearest neighbour (cv2's rounding, floor(src + 0.5)): labels stay labels."""
-        (ys, y_in), (xs, x_in) = self._axes(sizes, scales, scaled, offsets, flips)
+        (ys, y_in), (xs, x_in) = self._axes(window)
         device = mask.device
         rows = torch.floor(ys + 0.5).to(torch.int64).to(device)
         cols = torch.floor(xs + 0.5).to(torch.int64).to(device)
@@ -263,17 +260,10 @@ class DeviceAugment:
         inside = (y_in[:, :, None] & x_in[:, None, :]).to(device)
         return out.masked_fill(~inside, self.ignore_index)
 
-    def warp_image(
-        self,
-        image: torch.Tensor,
-        sizes: torch.Tensor,
-        scales: torch.Tensor,
-        scaled: torch.Tensor,
-        offsets: torch.Tensor,
-        flips: torch.Tensor,
-    ) -> torch.Tensor:
+    def warp_image(self, image: torch.Tensor, window: Window) -> torch.Tensor:
         """Bilinear, separable (rows, then columns), rounded half up to uint8 like cv2."""
-        (ys, y_in), (xs, x_in) = self._axes(sizes, scales, scaled, offsets, flips)
+        (ys, y_in), (xs, x_in) = self._axes(window)
+        sizes = window.sizes
         device = image.device
         hwc = image.permute(0, 2, 3, 1)  # [B, H, W, 3]: a free view of collate's channels_last
         batch = torch.arange(len(image), device=device)
