@@ -5,12 +5,14 @@ same call signature (normalised float NCHW in, logits at input size out). It fol
 that sits right after a convolution into that convolution, including the f_joi BatchNorm that follows
 the f_loc / f_sur concatenation (a concat only splits channels, and both convs are depthwise), keeps
 the remaining join BatchNorms as one per-channel affine, runs channels-last, and optionally compiles.
-docs/benchmarks.md records what each step buys and why.
+docs/benchmarks.md records what each step buys and why. On CUDA, ``kernels=True`` runs each CG block's
+f_loc / f_sur / f_joi / f_glo through fused Triton kernels (:mod:`cgnet.inference.kernels`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -156,9 +158,23 @@ class FastFGlo(nn.Module):
         return x * self.weights(x)
 
 
+def _kernels() -> ModuleType:
+    """The fused Triton kernels, imported on first use so that cgnet itself never needs triton."""
+    from cgnet.inference import kernels
+
+    return kernels
+
+
 class FastCGBlock(nn.Module):
     """A CG block (or CG-Down block) with conv_in's BN folded into conv_in and f_joi's BN folded into
-    f_loc and f_sur (channel-wise: the concat only stacks their channels)."""
+    f_loc and f_sur (channel-wise: the concat only stacks their channels).
+
+    With ``kernels`` set (:meth:`FastCGNet.use_kernels`), everything after conv_in except the CG-Down
+    block's 1x1 ``reduce`` runs as fused Triton kernels: f_loc + f_sur + f_joi in one pass that also
+    sums f_glo's pooling, then f_glo's gate and the residual in another.
+    """
+
+    kernels: bool = False
 
     def __init__(self, block: CGBlock | CGDownBlock) -> None:
         super().__init__()
@@ -173,6 +189,8 @@ class FastCGBlock(nn.Module):
         self.residual = block.residual if isinstance(block, CGBlock) else "none"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kernels:
+            return self._forward_kernels(x)
         y = self.conv_in(x)
         y = _activate(torch.cat([self.f_loc(y), self.f_sur(y)], 1), self.slope)
         if self.reduce is not None:
@@ -186,6 +204,37 @@ class FastCGBlock(nn.Module):
         if self.residual == "global":
             y = y + x
         return y
+
+    def _forward_kernels(self, x: Tensor) -> Tensor:
+        """The same block through the fused kernels (NCHW; float32, float16 or bfloat16)."""
+        kernels = _kernels()
+        y = self.conv_in(x)
+        # f_glo pools the joint features directly only in a CG block with a global (or no) residual;
+        # after CG-Down's reduce or a local residual it pools another tensor.
+        pool_joint = self.f_glo is not None and self.reduce is None and self.residual != "local"
+        y, sums = kernels.cg_joint(
+            y,
+            self.f_loc.weight,
+            self.f_loc.bias,
+            self.f_sur.weight,
+            self.f_sur.bias,
+            self.slope,
+            self.f_sur.dilation,
+            with_sums=pool_joint,
+        )
+        if self.reduce is not None:
+            y = self.reduce(y)
+        if self.residual == "local":
+            y = y + x
+        if self.f_glo is None:
+            return y + x if self.residual == "global" else y
+        if sums is None:
+            sums, scale = y.mean(dim=(2, 3), dtype=torch.float32), 1.0
+        else:
+            scale = 1.0 / (y.shape[2] * y.shape[3])
+        fglo = self.f_glo
+        gate = kernels.fglo_gate(sums, scale, fglo.w1, fglo.b1, fglo.w2, fglo.b2)
+        return kernels.gate_residual(y, gate, x if self.residual == "global" else None)
 
 
 def _fold_stem(stem: nn.Sequential) -> nn.Sequential:
@@ -238,6 +287,19 @@ class FastCGNet(nn.Module):
                 raise TypeError(f"FastCGNet cannot fold CGNet's {part.name} ({part.kind} part)")
         self.memory_format = torch.contiguous_format
 
+    def use_kernels(self, enabled: bool = True) -> FastCGNet:
+        """Run the CG and CG-Down blocks through the fused Triton kernels (or back through eager ops).
+
+        The kernels take NCHW tensors on CUDA, or CPU tensors under Triton's interpreter; raises
+        ImportError when triton is missing.
+        """
+        if enabled:
+            _kernels()
+        for block in self.modules():
+            if isinstance(block, FastCGBlock):
+                block.kernels = enabled
+        return self
+
     def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:
         """Convert the weights and make the convolutions run in ``memory_format``."""
         self.memory_format = memory_format
@@ -283,6 +345,7 @@ def optimize(
     bf16: bool = False,
     cuda_graphs: bool = False,
     reuse_memory: bool = True,
+    kernels: bool = False,
 ) -> nn.Module:
     """The fastest exact form of ``model`` for inference, called like it (float NCHW -> logits).
 
@@ -300,8 +363,21 @@ def optimize(
         bf16: bfloat16 autocast, GPU only (argmax drifts on ~1% of pixels; opt in knowingly).
         cuda_graphs: replay one CUDA graph per input shape (GPU only).
         reuse_memory: on CPU, keep freed buffers in the heap (see :func:`reuse_cpu_memory`).
+        kernels: run the CG blocks' f_loc / f_sur / f_joi / f_glo as fused Triton kernels
+            (:meth:`FastCGNet.use_kernels`); CUDA only (or the CPU under Triton's interpreter),
+            NCHW (channels_last None means False here), and not with ``compile``, which
+            generates its own fused kernels.
     """
     device = torch.device(device)
+    if kernels:
+        _kernels().check_device(device)
+        if compile:
+            raise ValueError("kernels=True and compile=True are alternatives: pick one")
+        if channels_last:
+            raise ValueError(
+                "the fused kernels index NCHW tensors: kernels=True needs channels_last=False"
+            )
+        channels_last = False
     if bf16 and device.type != "cuda":
         raise ValueError("bf16 inference is offered on CUDA only (CPU bf16 is slower here)")
     if cuda_graphs and device.type != "cuda":
@@ -313,7 +389,7 @@ def optimize(
     if channels_last is None:
         channels_last = True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = fold_network(model).to(device).to_memory_format(fmt)
+    net = fold_network(model).use_kernels(kernels).to(device).to_memory_format(fmt)
     runner: nn.Module = _Runner(net, bf16=bf16)
     if compile:
         if device.type == "cuda":

@@ -1,0 +1,389 @@
+"""Fused Triton kernels for the CG block's elementwise and channel-wise work at inference.
+
+After BatchNorm folding (:mod:`cgnet.inference.fast`) a CG block is conv_in (a cuDNN convolution)
+followed by memory-bound work that eager PyTorch spreads over many passes: f_loc and f_sur (two
+depthwise 3x3 convolutions), a concatenation, the f_joi PReLU, f_glo's global mean and its channel
+gate, and the global residual. Here that work takes three launches:
+
+- :func:`cg_joint`: f_loc (dilation 1) and f_sur (dilation d) of the same input, their folded f_joi
+  biases and the f_joi PReLU, written straight into the concatenated ``[B, 2C, H, W]`` output; it can
+  also accumulate the per-(batch, channel) sums that f_glo's global average pooling needs;
+- :func:`fglo_gate`: f_glo's fc -> ReLU -> fc -> sigmoid on those means, one program per image;
+- :func:`gate_residual`: the channel gate and the optional residual, ``out = x + y * gate``.
+
+Tensors are NCHW; float32, float16 and bfloat16 are accepted, and every sum is taken in float32.
+Weights stay float32. Kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter,
+which must be switched on (``TRITON_INTERPRET=1``) before this module is imported: ``triton.jit``
+decides at decoration time.
+
+This module imports triton at import time; :mod:`cgnet.inference.fast` imports it only when the fused
+path is asked for, so the rest of the package runs without triton.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:  # pragma: no cover - exercised by a test that hides triton
+    raise ImportError(
+        "cgnet's fused CG-block kernels need Triton: `pip install triton` (on Linux it ships with "
+        "CUDA builds of torch; the CPU test suite installs it through the dev extra)"
+    ) from error
+
+__all__ = [
+    "INTERPRETED",
+    "cg_joint",
+    "check_device",
+    "fglo_gate",
+    "gate_residual",
+    "time_forward",
+]
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_device(device: torch.device) -> None:
+    """Raise unless the kernels can run on ``device``: CUDA, or anything under the interpreter."""
+    if device.type == "cuda" or INTERPRETED:
+        return
+    raise RuntimeError(
+        f"the fused CG-block kernels run on CUDA tensors, got {device.type}; on the CPU they run "
+        "only under Triton's interpreter, with TRITON_INTERPRET=1 set before "
+        "cgnet.inference.kernels is imported"
+    )
+
+
+def _check(name: str, t: Tensor) -> Tensor:
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected an NCHW tensor, got shape {tuple(t.shape)}")
+    check_device(t.device)
+    return t.contiguous()
+
+
+def _tiles(channels: int, pixels: int, block: int) -> tuple[int, int]:
+    """(channels, pixels) per program, powers of two. On the GPU a program covers ``block`` pixels of
+    one channel; the interpreter runs each program as a few numpy passes whatever its size, so there
+    one program takes every channel and as many pixels as fit in 2**16 elements."""
+    if INTERPRETED:
+        block_c = triton.next_power_of_2(channels)
+        return block_c, triton.next_power_of_2(max(1, min(pixels, (1 << 16) // block_c)))
+    return 1, triton.next_power_of_2(max(1, min(pixels, block)))
+
+
+def _output(
+    name: str, out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A new output, or the caller's after checking it is one the kernel can fill in place."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
+        raise ValueError(
+            f"{name}: out must be {list(shape)} {dtype} on {device}, got "
+            f"{list(out.shape)} {out.dtype} on {out.device}"
+        )
+    if not out.is_contiguous():
+        raise ValueError(f"{name}: out must be contiguous")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# f_loc + f_sur + f_joi (+ f_glo's sums)
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _cg_joint_kernel(
+    y_ptr,
+    w_loc_ptr,
+    b_loc_ptr,
+    w_sur_ptr,
+    b_sur_ptr,
+    slope_ptr,
+    out_ptr,
+    sums_ptr,
+    C,
+    H,
+    W,
+    DIL,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    HAS_SLOPE: tl.constexpr,
+    WITH_SUMS: tl.constexpr,
+):
+    # One program: a tile of BLOCK_C channels x BLOCK_HW pixels of one image of y. It writes those
+    # channels c of the joint output (f_loc) and channels C + c (f_sur), so each input pixel is read
+    # once for both convolutions.
+    pid_hw = tl.program_id(0)
+    b = tl.program_id(1)
+    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    HW = H * W
+    c_ok = cs < C
+    inside = c_ok[:, None] & (offs < HW)[None, :]
+    h = (offs // W)[None, :]
+    w = (offs % W)[None, :]
+    src = y_ptr + (b * C + cs).to(tl.int64)[:, None] * HW
+    loc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    sur = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    for i in tl.static_range(3):
+        for j in tl.static_range(3):
+            w_loc = tl.load(w_loc_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None]
+            w_sur = tl.load(w_sur_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None]
+            hh = h + (i - 1)
+            ww = w + (j - 1)
+            ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            v = tl.load(src + (hh * W + ww), mask=ok, other=0.0).to(tl.float32)
+            loc += v * w_loc
+            if i == 1 and j == 1:
+                sur += v * w_sur  # the shared centre tap
+            else:
+                hh = h + (i - 1) * DIL
+                ww = w + (j - 1) * DIL
+                ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+                v = tl.load(src + (hh * W + ww), mask=ok, other=0.0).to(tl.float32)
+                sur += v * w_sur
+    loc += tl.load(b_loc_ptr + cs, mask=c_ok, other=0.0)[:, None]
+    sur += tl.load(b_sur_ptr + cs, mask=c_ok, other=0.0)[:, None]
+    if HAS_SLOPE:
+        loc = tl.where(loc >= 0, loc, loc * tl.load(slope_ptr + cs, mask=c_ok, other=0.0)[:, None])
+        sur = tl.where(
+            sur >= 0, sur, sur * tl.load(slope_ptr + C + cs, mask=c_ok, other=0.0)[:, None]
+        )
+    else:
+        loc = tl.maximum(loc, 0.0)
+        sur = tl.maximum(sur, 0.0)
+    dst = out_ptr + (b * 2 * C + cs).to(tl.int64)[:, None] * HW + offs[None, :]
+    tl.store(dst, loc.to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(dst + C * HW, sur.to(out_ptr.dtype.element_ty), mask=inside)
+    if WITH_SUMS:
+        row = sums_ptr + b * 2 * C + cs
+        tl.atomic_add(row, tl.sum(tl.where(inside, loc, 0.0), axis=1), mask=c_ok)
+        tl.atomic_add(row + C, tl.sum(tl.where(inside, sur, 0.0), axis=1), mask=c_ok)
+
+
+def cg_joint(
+    y: Tensor,
+    w_loc: Tensor,
+    b_loc: Tensor,
+    w_sur: Tensor,
+    b_sur: Tensor,
+    slope: Tensor | None,
+    dilation: int,
+    *,
+    with_sums: bool = False,
+    out: Tensor | None = None,
+    block: int = 1024,
+) -> tuple[Tensor, Tensor | None]:
+    """f_joi(cat(f_loc(y), f_sur(y))) in one pass, with f_joi's BatchNorm folded into the biases.
+
+    Args:
+        y: conv_in's output ``[B, C, H, W]``.
+        w_loc, w_sur: depthwise 3x3 weights ``[C, 1, 3, 3]`` (f_joi's scale folded in).
+        b_loc, b_sur: their biases ``[C]`` (f_joi's shift).
+        slope: f_joi's PReLU slopes ``[2C]`` (or one shared slope); None for ReLU.
+        dilation: f_sur's dilation (its zero padding equals it, as in the CG block).
+        with_sums: also return float32 ``[B, 2C]`` sums over H x W of the output (f_glo's pooling).
+        out: a contiguous ``[B, 2C, H, W]`` tensor of y's dtype to write into (else a new one).
+        block: pixels per program on the GPU.
+
+    Returns:
+        The joint features ``[B, 2C, H, W]`` in y's dtype, and the sums or None.
+    """
+    y = _check("cg_joint", y)
+    n, c, h, w = y.shape
+    for name, t in (("w_loc", w_loc), ("w_sur", w_sur)):
+        if t.numel() != 9 * c:
+            raise ValueError(f"cg_joint: {name} must hold {c} 3x3 kernels, got {tuple(t.shape)}")
+    weights = [
+        t.detach().to(y.device, torch.float32).contiguous() for t in (w_loc, b_loc, w_sur, b_sur)
+    ]
+    if slope is not None:
+        slope = slope.detach().to(y.device, torch.float32).expand(2 * c).contiguous()
+    out = _output("cg_joint", out, (n, 2 * c, h, w), y.dtype, y.device)
+    sums = torch.zeros((n, 2 * c), dtype=torch.float32, device=y.device) if with_sums else None
+    if out.numel() == 0:
+        return out, sums
+    block_c, block_hw = _tiles(c, h * w, block)
+    grid = (triton.cdiv(h * w, block_hw), n, triton.cdiv(c, block_c))
+    _cg_joint_kernel[grid](
+        y,
+        *weights,
+        slope if slope is not None else weights[1],  # unread without slopes
+        out,
+        sums if sums is not None else out,  # unread without sums
+        c,
+        h,
+        w,
+        int(dilation),
+        BLOCK_C=block_c,
+        BLOCK_HW=block_hw,
+        HAS_SLOPE=slope is not None,
+        WITH_SUMS=with_sums,
+    )
+    return out, sums
+
+
+# --------------------------------------------------------------------------------------------------
+# f_glo: gate and residual
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fglo_gate_kernel(
+    sums_ptr,
+    scale,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    gate_ptr,
+    C,
+    HID,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HID: tl.constexpr,
+):
+    # One program per image: mean -> fc1 -> ReLU -> fc2 -> sigmoid, all in registers.
+    b = tl.program_id(0)
+    cs = tl.arange(0, BLOCK_C)
+    hs = tl.arange(0, BLOCK_HID)
+    c_ok = cs < C
+    h_ok = hs < HID
+    both = h_ok[:, None] & c_ok[None, :]
+    mean = tl.load(sums_ptr + b * C + cs, mask=c_ok, other=0.0) * scale
+    w1 = tl.load(w1_ptr + hs[:, None] * C + cs[None, :], mask=both, other=0.0)  # [HID, C]
+    hidden = tl.sum(w1 * mean[None, :], axis=1) + tl.load(b1_ptr + hs, mask=h_ok, other=0.0)
+    hidden = tl.maximum(hidden, 0.0)
+    w2t = tl.load(w2_ptr + cs[None, :] * HID + hs[:, None], mask=both, other=0.0)  # fc2^T [HID, C]
+    logit = tl.sum(w2t * hidden[:, None], axis=0) + tl.load(b2_ptr + cs, mask=c_ok, other=0.0)
+    z = tl.exp(-tl.abs(logit))  # a sigmoid that never overflows exp
+    tl.store(gate_ptr + b * C + cs, tl.where(logit >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), mask=c_ok)
+
+
+def fglo_gate(sums: Tensor, scale: float, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """f_glo's channel gate ``sigmoid(fc2(relu(fc1(sums * scale))))`` as float32 ``[B, C]``.
+
+    ``scale`` turns the sums into means (``1 / (H * W)``; 1 when ``sums`` already holds means).
+    """
+    if sums.dim() != 2:
+        raise ValueError(f"fglo_gate: expected [B, C] sums, got shape {tuple(sums.shape)}")
+    check_device(sums.device)
+    n, c = sums.shape
+    hid = w1.shape[0]
+    if tuple(w1.shape) != (hid, c) or tuple(w2.shape) != (c, hid):
+        raise ValueError(
+            f"fglo_gate: fc shapes {tuple(w1.shape)} and {tuple(w2.shape)} do not fit {c} channels"
+        )
+    sums = sums.float().contiguous()
+    params = [t.detach().to(sums.device, torch.float32).contiguous() for t in (w1, b1, w2, b2)]
+    gate = torch.empty((n, c), dtype=torch.float32, device=sums.device)
+    if n == 0:
+        return gate
+    _fglo_gate_kernel[(n,)](
+        sums,
+        float(scale),
+        *params,
+        gate,
+        c,
+        hid,
+        BLOCK_C=triton.next_power_of_2(c),
+        BLOCK_HID=triton.next_power_of_2(hid),
+    )
+    return gate
+
+
+@triton.jit
+def _gate_residual_kernel(
+    y_ptr,
+    gate_ptr,
+    x_ptr,
+    out_ptr,
+    N,
+    HW,
+    BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    # Flat over all B * C * H * W elements; element i belongs to the (image, channel) row i // HW.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < N
+    v = tl.load(y_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    v = v * tl.load(gate_ptr + offs // HW, mask=inside, other=0.0)
+    if HAS_RESIDUAL:
+        v += tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def gate_residual(
+    y: Tensor,
+    gate: Tensor,
+    x: Tensor | None = None,
+    *,
+    out: Tensor | None = None,
+    block: int = 1024,
+) -> Tensor:
+    """f_glo's channel re-weighting and the global residual in one pass: ``x + y * gate``.
+
+    ``gate`` is ``[B, C]`` (float32 from :func:`fglo_gate`); without ``x`` the result is ``y * gate``.
+    The output takes the promoted dtype of y and x, as ``torch.addcmul`` would; ``out`` may name a
+    contiguous tensor of that shape and dtype to write into.
+    """
+    y = _check("gate_residual", y)
+    n, c, h, w = y.shape
+    if gate.numel() != n * c:
+        raise ValueError(f"gate_residual: gate must be [{n}, {c}], got {tuple(gate.shape)}")
+    gate = gate.to(y.device, torch.float32).contiguous()
+    dtype = y.dtype
+    if x is not None:
+        x = _check("gate_residual", x)
+        if x.shape != y.shape:
+            raise ValueError(f"gate_residual: x {tuple(x.shape)} and y {tuple(y.shape)} differ")
+        dtype = torch.promote_types(dtype, x.dtype)
+    out = _output("gate_residual", out, (n, c, h, w), dtype, y.device)
+    if out.numel() == 0:
+        return out
+    _, tile = _tiles(1, out.numel(), block)
+    _gate_residual_kernel[(triton.cdiv(out.numel(), tile),)](
+        y,
+        gate,
+        x if x is not None else y,
+        out,
+        out.numel(),
+        h * w,
+        BLOCK=tile,
+        HAS_RESIDUAL=x is not None,
+    )
+    return out
+
+
+INTERPRETED: bool = not isinstance(_cg_joint_kernel, triton.runtime.JITFunction)
+"""Whether the kernels were decorated for Triton's interpreter (CPU tensors) rather than compiled for
+the GPU: fixed when this module is imported."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def time_forward(module: torch.nn.Module, x: Tensor, iters: int = 50, warmup: int = 10) -> float:
+    """Mean milliseconds per ``module(x)`` on CUDA, timed with CUDA events after ``warmup`` calls
+    (Triton compiles and cuDNN tunes on the first calls)."""
+    if x.device.type != "cuda":
+        raise ValueError("time_forward times CUDA work; got a tensor on " + x.device.type)
+    for _ in range(warmup):
+        module(x)
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        module(x)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters

@@ -1,0 +1,359 @@
+"""The fused Triton CG-block kernels against eager PyTorch.
+
+On a CUDA machine (without TRITON_INTERPRET=1) they run compiled on the GPU; elsewhere on CPU tensors
+under Triton's interpreter, which this module switches on before the kernels are imported.
+``CGNET_KERNEL_TESTS_DEVICE=cuda`` (or ``cpu``) forces the choice.
+
+Tolerances: float32 output against a float64-free float32 reference, 1e-5 relative (plus 1e-5
+absolute). float16 and bfloat16 outputs are compared with a float32 reference computed from the same
+low-precision inputs, so only the output rounding (and summation order) differs: 2e-3 relative for
+float16, 1e-2 for bfloat16. f_glo's sums and gate are float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import TypeVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import cgnet.inference
+from cgnet.inference import fold_network, optimize
+from cgnet.inference.fast import FastCGBlock, FastFGlo
+from cgnet.models import CGNet
+from cgnet.models.blocks import CGBlock, CGDownBlock, FGlo
+
+
+def _device() -> torch.device:
+    forced = os.environ.get("CGNET_KERNEL_TESTS_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+DEVICE = _device()
+if DEVICE.type == "cpu":
+    # triton.jit picks the interpreter when it decorates, so this precedes importing the kernels.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+M = TypeVar("M", bound=nn.Module)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+# (batch, channels, height, width, f_sur dilation): odd sizes, and planes smaller than the dilation
+SHAPES = [(2, 8, 9, 13, 2), (2, 16, 17, 33, 4), (1, 32, 3, 5, 4), (2, 12, 1, 1, 2)]
+
+
+@pytest.fixture(scope="module")
+def kernels() -> ModuleType:
+    """cgnet.inference.kernels, decorated for the chosen device."""
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("CGNET_KERNEL_TESTS_DEVICE=cuda but torch sees no GPU", pytrace=False)
+    try:
+        module = importlib.import_module("cgnet.inference.kernels")
+    except ImportError as error:
+        if sys.platform == "linux":  # the dev extra installs triton there
+            pytest.fail(f"triton is missing from the dev environment: {error}", pytrace=False)
+        pytest.skip(f"no triton on {sys.platform}")
+    interpreted = DEVICE.type == "cpu"
+    if module.INTERPRETED is not interpreted:
+        pytest.fail(
+            f"cgnet.inference.kernels was imported with INTERPRETED={module.INTERPRETED} before "
+            f"this module chose {DEVICE}; run these tests with TRITON_INTERPRET set accordingly",
+            pytrace=False,
+        )
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_on_cpu() -> Iterator[None]:
+    """The interpreter runs numpy on one core; tiny eager references gain nothing from a second."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def poisoned(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An output buffer full of NaN: an element a kernel forgets to write fails the comparison."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
+
+
+def close(got: Tensor, expected: Tensor, dtype: torch.dtype) -> None:
+    torch.testing.assert_close(
+        got.float(), expected.float(), rtol=RTOL[dtype], atol=ATOL[dtype], equal_nan=False
+    )
+
+
+def joint_reference(
+    y: Tensor,
+    w_loc: Tensor,
+    b_loc: Tensor,
+    w_sur: Tensor,
+    b_sur: Tensor,
+    slope: Tensor | None,
+    dilation: int,
+) -> Tensor:
+    """f_joi(cat(f_loc(y), f_sur(y))) with eager float32 ops."""
+    y = y.float()
+    c = y.shape[1]
+    loc = F.conv2d(y, w_loc, b_loc, padding=1, groups=c)
+    sur = F.conv2d(y, w_sur, b_sur, padding=dilation, dilation=dilation, groups=c)
+    joint = torch.cat([loc, sur], 1)
+    return F.relu(joint) if slope is None else F.prelu(joint, slope)
+
+
+def randomize(module: M, seed: int = 1) -> M:
+    """Non-trivial BatchNorm statistics and PReLU slopes of both signs, in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
+            m.weight.data.copy_(torch.randn(n, generator=gen))
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
+        elif isinstance(m, nn.PReLU):
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=gen) * 0.4)
+    return module.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# f_loc + f_sur + f_joi
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_cg_joint_matches_eager(
+    kernels: ModuleType, shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    b, c, h, w, dilation = shape
+    y = torch.randn(b, c, h, w, device=DEVICE).to(dtype)
+    w_loc, w_sur = (torch.randn(c, 1, 3, 3, device=DEVICE) for _ in range(2))
+    b_loc, b_sur = (torch.randn(c, device=DEVICE) for _ in range(2))
+    slope = torch.randn(2 * c, device=DEVICE) * 0.4
+    out = poisoned((b, 2 * c, h, w), dtype)
+    got, sums = kernels.cg_joint(
+        y, w_loc, b_loc, w_sur, b_sur, slope, dilation, with_sums=True, out=out
+    )
+    expected = joint_reference(y, w_loc, b_loc, w_sur, b_sur, slope, dilation)
+    assert got is out and got.dtype == dtype
+    close(got, expected, dtype)
+    # f_glo's sums are taken in float32 before the output is rounded, whatever the dtype
+    assert sums is not None and sums.dtype == torch.float32
+    torch.testing.assert_close(sums, expected.sum(dim=(2, 3)), rtol=1e-5, atol=1e-4)
+
+
+def test_cg_joint_relu_without_sums_and_tiles(kernels: ModuleType) -> None:
+    """The ReLU ablation (no slopes), no pooling, and planes spread over several programs."""
+    b, c, h, w, dilation = 2, 4, 37, 41, 2
+    y = torch.randn(b, c, h, w, device=DEVICE)
+    w_loc, w_sur = (torch.randn(c, 1, 3, 3, device=DEVICE) for _ in range(2))
+    b_loc, b_sur = (torch.randn(c, device=DEVICE) for _ in range(2))
+    out = poisoned((b, 2 * c, h, w), torch.float32)
+    got, sums = kernels.cg_joint(y, w_loc, b_loc, w_sur, b_sur, None, dilation, out=out, block=256)
+    assert sums is None
+    close(got, joint_reference(y, w_loc, b_loc, w_sur, b_sur, None, dilation), torch.float32)
+
+
+def test_cg_joint_one_shared_slope(kernels: ModuleType) -> None:
+    c = 6
+    y = torch.randn(1, c, 7, 5, device=DEVICE)
+    w_loc, w_sur = (torch.randn(c, 1, 3, 3, device=DEVICE) for _ in range(2))
+    b_loc, b_sur = (torch.randn(c, device=DEVICE) for _ in range(2))
+    slope = torch.tensor([0.25], device=DEVICE)
+    got, _ = kernels.cg_joint(y, w_loc, b_loc, w_sur, b_sur, slope, 3)
+    expected = joint_reference(y, w_loc, b_loc, w_sur, b_sur, slope.expand(2 * c), 3)
+    close(got, expected, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# f_glo
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("channels", "reduction"), [(64, 8), (24, 8), (128, 16)])
+def test_fglo_gate_matches_fast_fglo(kernels: ModuleType, channels: int, reduction: int) -> None:
+    fglo = FastFGlo(FGlo(channels, reduction)).to(DEVICE)
+    y = torch.randn(3, channels, 5, 7, device=DEVICE)
+    gate = kernels.fglo_gate(y.sum(dim=(2, 3)), 1 / 35, fglo.w1, fglo.b1, fglo.w2, fglo.b2)
+    torch.testing.assert_close(gate, fglo.weights(y)[:, :, 0, 0], rtol=1e-5, atol=1e-6)
+    # already-averaged input: scale 1
+    means = kernels.fglo_gate(y.mean(dim=(2, 3)), 1.0, fglo.w1, fglo.b1, fglo.w2, fglo.b2)
+    torch.testing.assert_close(means, gate, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no_residual"])
+def test_gate_residual_matches_addcmul(
+    kernels: ModuleType, dtype: torch.dtype, residual: bool
+) -> None:
+    b, c, h, w = 2, 24, 11, 19
+    y = torch.randn(b, c, h, w, device=DEVICE).to(dtype)
+    x = torch.randn(b, c, h, w, device=DEVICE).to(dtype) if residual else None
+    gate = torch.rand(b, c, device=DEVICE)
+    out = poisoned((b, c, h, w), dtype)
+    got = kernels.gate_residual(y, gate, x, out=out)
+    expected = y.float() * gate[:, :, None, None]
+    if x is not None:
+        expected = expected + x.float()
+    assert got is out
+    close(got, expected, dtype)
+
+
+def test_gate_residual_promotes_like_addcmul(kernels: ModuleType) -> None:
+    """Under autocast conv_in hands back bfloat16 while the residual may still be float32."""
+    y = torch.randn(1, 8, 6, 10, device=DEVICE).bfloat16()
+    x = torch.randn(1, 8, 6, 10, device=DEVICE)
+    gate = torch.rand(1, 8, device=DEVICE)
+    got = kernels.gate_residual(y, gate, x)
+    assert got.dtype == torch.float32
+    close(got, torch.addcmul(x, y.float(), gate[:, :, None, None]), torch.float32)
+
+
+def test_bad_arguments(kernels: ModuleType) -> None:
+    y = torch.randn(1, 4, 5, 5, device=DEVICE)
+    w3, b = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
+    with pytest.raises(ValueError, match="3x3 kernels"):
+        kernels.cg_joint(y, w3[:2], b, w3, b, None, 2)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        kernels.cg_joint(y.double(), w3, b, w3, b, None, 2)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.cg_joint(y, w3, b, w3, b, None, 2, out=torch.empty_like(y))
+    with pytest.raises(ValueError, match="gate must be"):
+        kernels.gate_residual(y, torch.rand(1, 3, device=DEVICE))
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.fglo_gate(torch.rand(1, 4, device=DEVICE), 1.0, w3, b, w3, b)
+
+
+def test_cpu_tensors_need_the_interpreter(
+    kernels: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernels, "INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        kernels.check_device(torch.device("cpu"))
+    kernels.check_device(torch.device("cuda"))
+
+
+# --------------------------------------------------------------------------------------------------
+# FastCGBlock and FastCGNet
+# --------------------------------------------------------------------------------------------------
+
+BLOCKS = {
+    "cg_global": lambda: CGBlock(32, 2, 8),
+    "cg_local": lambda: CGBlock(32, 4, 8, residual="local"),
+    "cg_none_relu": lambda: CGBlock(16, 2, 4, residual="none", activation="relu"),
+    "cg_no_fglo": lambda: CGBlock(16, 4, 4, use_f_glo=False),
+    "cg_down": lambda: CGDownBlock(35, 32, 2, 8),
+    "cg_down_no_fglo": lambda: CGDownBlock(16, 16, 4, 8, use_f_glo=False),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_fast_block_kernels_match_eager(kernels: ModuleType, name: str) -> None:
+    block = randomize(BLOCKS[name]())
+    fast = FastCGBlock(block).to(DEVICE)
+    channels = block.conv_in.conv.in_channels
+    x = torch.randn(2, channels, 19, 23, device=DEVICE)
+    with torch.no_grad():
+        expected = fast(x)
+        fast.kernels = True
+        got = fast(x)
+    assert got.shape == expected.shape
+    close(got, expected, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fast_block_kernels_in_low_precision(kernels: ModuleType, dtype: torch.dtype) -> None:
+    """A whole CG block in half precision against the float32 eager block on the same (rounded)
+    weights and input: conv_in's output is rounded too, hence a looser bound than the kernels'."""
+    fast = FastCGBlock(randomize(CGBlock(32, 2, 8))).to(DEVICE, dtype)
+    x = torch.randn(2, 32, 13, 17, device=DEVICE).to(dtype)
+    with torch.no_grad():
+        expected = fast.float()(x.float())
+        fast.to(dtype).kernels = True
+        got = fast(x)
+    assert got.dtype == dtype
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(
+        got.float(), expected, rtol=4 * RTOL[dtype], atol=4 * RTOL[dtype] * scale
+    )
+
+
+@pytest.fixture(scope="module")
+def network() -> CGNet:
+    """The default M=3, N=21 CGNet with random BatchNorm statistics."""
+    torch.manual_seed(0)
+    return randomize(CGNet(19))
+
+
+def test_fast_cgnet_kernels_match_eager(kernels: ModuleType, network: CGNet) -> None:
+    net = fold_network(network).to(DEVICE)
+    x = torch.randn(1, 3, 64, 96, device=DEVICE)
+    with torch.no_grad():
+        expected = net(x)
+        got = net.use_kernels()(x)
+        assert all(b.kernels for b in net.modules() if isinstance(b, FastCGBlock))
+        again = net.use_kernels(False)(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_optimize_with_kernels(kernels: ModuleType, network: CGNet) -> None:
+    x = torch.randn(1, 3, 64, 96, device=DEVICE)
+    with pytest.raises(ValueError, match="alternatives"):
+        optimize(network, device=DEVICE, kernels=True, compile=True)
+    with pytest.raises(ValueError, match="NCHW"):
+        optimize(network, device=DEVICE, kernels=True, channels_last=True)
+    with torch.no_grad():
+        expected = optimize(network, device=DEVICE, channels_last=False)(x)
+        fused = optimize(network, device=DEVICE, kernels=True)
+        got = fused(x)
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+        if DEVICE.type == "cuda":
+            graphs = optimize(network, device=DEVICE, kernels=True, cuda_graphs=True)
+            torch.testing.assert_close(graphs(x), got, rtol=1e-5, atol=1e-5 * scale)
+            bf16 = optimize(network, device=DEVICE, kernels=True, bf16=True)(x)
+            assert float((bf16.argmax(1) == expected.argmax(1)).float().mean()) >= 0.95
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton stays optional
+# --------------------------------------------------------------------------------------------------
+
+
+def test_missing_triton_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.delitem(sys.modules, "cgnet.inference.kernels", raising=False)
+    monkeypatch.delattr(cgnet.inference, "kernels", raising=False)
+    with pytest.raises(ImportError, match="pip install triton"):
+        importlib.import_module("cgnet.inference.kernels")
+    net = fold_network(CGNet(5, 1, 1))
+    with pytest.raises(ImportError, match="pip install triton"):
+        net.use_kernels()
+
+
+def test_cgnet_never_imports_triton() -> None:
+    code = (
+        "import sys, torch, cgnet.inference, cgnet.models\n"
+        "net = cgnet.inference.optimize(cgnet.models.CGNet(5, 1, 1))\n"
+        "net(torch.randn(1, 3, 16, 16))\n"
+        "assert 'triton' not in sys.modules, 'triton imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
