@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cgnet.data.collate import collate
 from cgnet.data.dataset import SegmentationDataset
@@ -43,8 +43,10 @@ from cgnet.data.layout import (
     scan_camvid,
     scan_cityscapes,
 )
+from cgnet.data.prepared import PreparedData, PreparedSplit
+from cgnet.data.prepared_format import SplitEntry
 from cgnet.data.transforms import build_train_transform
-from cgnet.data.weights import computed_class_weights
+from cgnet.data.weights import computed_class_weights, weights_from_counts
 from cgnet.data.workers import RANK_STRIDE, process_rank, seed_worker
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
 
@@ -87,6 +89,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         augment_on: AugmentOn = "cpu",
+        prepared: str | None = None,
     ) -> None:
         super().__init__()
         _check_pair("crop_size", crop_size, positive=True)
@@ -129,7 +132,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.augment_on = augment_on
         self.device_augment: DeviceAugment | None = None
-        self.datasets: dict[str, SegmentationDataset] = {}
+        self.prepared = prepared
+        self._prepared: PreparedData | None = None
+        self.datasets: dict[str, Dataset[dict[str, Any]]] = {}
         self._weights: torch.Tensor | None = None
 
     # --- what the model needs to know ------------------------------------------------------
@@ -212,34 +217,58 @@ class SegmentationDataModule(pl.LightningDataModule):
             "ignore_index": IGNORE_INDEX,
         }
 
-    def _dataset(self, stage: str) -> SegmentationDataset:
+    def _dataset(self, stage: str) -> Dataset[dict[str, Any]]:
         transform = None
         if stage == "train" and self.augment_on == "cpu":
             transform = build_train_transform(**self.augmentation())
+        if self.prepared:
+            return PreparedSplit(self.prepared_data(), self.prepared_entry(stage), transform)
         return SegmentationDataset(self.samples(stage), self.label_luts, transform)
+
+    # --- prepared data (data.prepared=DIR_OR_URL) -------------------------------------------
+
+    def prepared_data(self) -> PreparedData:
+        """The prepared location, its manifest checked against this dataset and label mapping."""
+        if self.prepared is None:
+            raise DataError("data.prepared is not set")
+        if self._prepared is None:
+            self._prepared = PreparedData(self.prepared, self.info.name, self.label_luts)
+        return self._prepared
+
+    def prepared_entry(self, stage: str) -> SplitEntry:
+        """The prepared split that stage 'train', 'val' or 'test' reads (its files checked)."""
+        return self.prepared_data().split(self.splits[stage], self.list_files[stage])
 
     def check_crop_fits(self) -> None:
         """A crop larger than the largest scaled image is mostly ignore-padding in every sample: almost
         no pixel would be trained on. Checked on the first training image (the training entry point
         calls this before any heavy work)."""
-        samples = self.dataset("train").samples
-        if not samples:
-            return
-        image_path = samples[0].image
-        image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            return  # the dataset's own checks name unreadable files
-        largest = [round(n * self.scale_range[1]) for n in image.shape[:2]]
+        dataset = self.dataset("train")
+        if isinstance(dataset, PreparedSplit):
+            if not len(dataset):
+                return
+            shape, example = dataset.first_size, f"{self.prepared} ({dataset.entry.split})"
+        else:
+            assert isinstance(dataset, SegmentationDataset)
+            if not dataset.samples:
+                return
+            image_path = dataset.samples[0].image
+            image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                return  # the dataset's own checks name unreadable files
+            shape, example = image.shape[:2], str(image_path)
+        largest = [round(n * self.scale_range[1]) for n in shape]
         if any(c > n for c, n in zip(self.crop_size, largest, strict=True)):
             raise DataError(
                 f"data.crop_size={list(self.crop_size)} is larger than the training images scaled by "
-                f"the largest data.scale_range factor ({image.shape[0]}x{image.shape[1]} x "
-                f"{self.scale_range[1]} = {largest[0]}x{largest[1]}, e.g. {image_path}): every crop "
+                f"the largest data.scale_range factor ({shape[0]}x{shape[1]} x "
+                f"{self.scale_range[1]} = {largest[0]}x{largest[1]}, e.g. {example}): every crop "
                 "would be mostly padding; lower data.crop_size or raise data.scale_range"
             )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         dataset = self.dataset("train")
+        assert isinstance(dataset, SegmentationDataset | PreparedSplit)
         # The main-process stream (num_workers=0) follows the run's seed too. It reads the seed rather
         # than drawing from the global RNG, so building a loader never shifts the stream that picks
         # shuffle orders and worker seeds (a resumed run rebuilds its loaders at another moment).
@@ -255,7 +284,30 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"the training split has {len(dataset)} image(s), fewer than data.batch_size="
                 f"{self.batch_size}; with drop_last no batch would be left"
             )
+        if isinstance(dataset, PreparedSplit):
+            return self._streaming_loader(dataset)
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
+
+    def _streaming_loader(self, split: PreparedSplit) -> DataLoader[dict[str, Any]]:
+        """Training on prepared data: litdata shards the split over the DDP ranks (created here, after
+        the processes joined) and its loader's state_dict lets a checkpoint resume mid-epoch."""
+        from litdata import StreamingDataLoader
+
+        # Shuffled from the run's seed: a resumed run rebuilds the same epoch orders.
+        dataset = split.streaming(shuffle=True, drop_last=True, seed=torch.initial_seed() % 2**31)
+        dataset.reseed(torch.initial_seed() + process_rank())
+        workers = self.num_workers
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin,
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=seed_worker,
+            prefetch_factor=2 if workers > 0 else None,
+        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With augment_on=device: scale/crop/flip/photometric the full-size training batch where it
@@ -276,7 +328,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.dataset("test"), self.val_batch_size)
 
-    def dataset(self, stage: str) -> SegmentationDataset:
+    def dataset(self, stage: str) -> Dataset[dict[str, Any]]:
         """The dataset of stage 'train', 'val' or 'test', built (and its files checked) on first use."""
         if stage not in self.datasets:
             self.datasets[stage] = self._dataset(stage)
@@ -284,7 +336,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _loader(
         self,
-        dataset: SegmentationDataset,
+        dataset: Dataset[dict[str, Any]],
         batch_size: int,
         shuffle: bool = False,
         drop_last: bool = False,
@@ -313,6 +365,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self._weights is None:
             if self.class_weights == "published":
                 self._weights = torch.tensor(self.published_weights(), dtype=torch.float32)
+            elif self.prepared:  # counted when the data was prepared: no PNG tree needed
+                counts = np.asarray(self.prepared_entry("train").pixel_counts, dtype=np.float64)
+                self._weights = torch.from_numpy(weights_from_counts(counts)).float()
             else:
                 samples = self.samples("train")
                 weights = computed_class_weights(

@@ -33,6 +33,7 @@ class _Synthetic:
 
     layout: Layout
     root: str | None
+    prepared: str | None
     settings: SyntheticSettings
 
     def __init__(
@@ -64,7 +65,8 @@ class _Synthetic:
         return super().samples(stage)  # type: ignore[misc]
 
     def prepare_data(self) -> None:
-        self.generate()
+        if not self.prepared:  # prepared data was generated (and decoded) when it was prepared
+            self.generate()
         super().prepare_data()  # type: ignore[misc]
 
 
