@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -126,6 +127,31 @@ def test_nan_loss_can_skip_batches(data_root: Path, tmp_path: Path) -> None:
     ]
     summary = run(compose_config("train", overrides, tmp_path / "run"))
     assert summary["output_dir"]  # finished instead of training on garbage or crashing
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_nan_read_every_n_steps_names_the_first_bad_step(
+    policy: str, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The GPU setting (flags kept on the device, read every N steps) on the CPU: raise and skip
+    both name the first non-finite step and its batch."""
+    overrides = [
+        *tiny_overrides(data_root, tmp_path),
+        "optimizer.lr=1e30",
+        "data.batch_size=2",  # 4 steps in the epoch: read after step 2, then at the epoch's end
+        "module.nonfinite_check_every=3",
+        f"module.on_nonfinite={policy}",
+        "preview=false",
+    ]
+    first = r"non-finite .* at step 1 \(batch: synth\w+"
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match=first):
+            run(compose_config("train", overrides, tmp_path / "run"))
+        return
+    summary = run(compose_config("train", overrides, tmp_path / "run"))
+    assert summary["output_dir"]
+    out = capsys.readouterr().out
+    assert re.search(r"skipping: " + first + r".*\); 2 such steps since the last check", out)
 
 
 def test_same_seed_same_metrics(data_root: Path, tmp_path: Path) -> None:

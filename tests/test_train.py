@@ -247,3 +247,25 @@ def test_ddp_two_cpu_processes_score_like_one(data_root: Path, tmp_path: Path) -
     assert scores[1]["val/pixel_accuracy"] == pytest.approx(
         scores[2]["val/pixel_accuracy"], abs=1e-6
     )
+
+
+@pytest.mark.slow
+def test_ddp_channels_last_trains_without_stride_or_sync_warnings(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """Two gloo ranks, channels-last as on GPUs: the parameters take their layout before DDP wraps
+    them (no 'Grad strides do not match bucket view strides'), and epoch-level logs are synced."""
+    args = [
+        *tiny_overrides(data_root, tmp_path),
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "module.channels_last=true",
+        "preview=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = run_cli("cgnet.train", args, cwd=tmp_path, env={"PYTHONWARNINGS": "default"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "distributed_backend=gloo" in output  # two processes really ran
+    assert "Grad strides do not match" not in output
+    assert "sync_dist=True" not in output

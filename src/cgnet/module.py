@@ -13,11 +13,15 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
+from cgnet.losses import SegmentationLoss
 from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
 from cgnet.models import CGNet, use_space_to_batch
+from cgnet.nonfinite import NonFiniteWatch
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
+
+# How often a GPU run reads its device-side non-finite flags (each read is one host sync).
+GPU_NONFINITE_CHECK_EVERY = 50
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -60,6 +64,9 @@ class SegmentationModule(pl.LightningModule):
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
         compile: wrap the network's forward in ``torch.compile``.
         on_nonfinite: what a NaN/inf loss does: ``raise`` stops training, ``skip`` drops the batch.
+        nonfinite_check_every: read the device-side NaN/inf flags every N steps (one host sync
+            each); None: every step on the CPU, every 50 on GPUs, so a GPU step never waits.
+            With N > 1, ``raise`` stops at the next read, naming the first bad step and its batch.
         data: the data config the module was trained on (``_target_`` and its arguments), kept in
             checkpoints so eval and predict score a checkpoint on the data it was validated on.
     """
@@ -80,6 +87,7 @@ class SegmentationModule(pl.LightningModule):
         space_to_batch: bool = True,
         compile: bool = False,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        nonfinite_check_every: int | None = None,
         data: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -96,12 +104,13 @@ class SegmentationModule(pl.LightningModule):
                 f"class_weights has {len(class_weights)} values for {num_classes} classes"
             )
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
+        self.criterion = SegmentationLoss(weight=weight, ignore_index=ignore_index)
         self.input_norm = Normalize(mean, std)  # non-persistent: checkpoints hold hparams only
         self.register_buffer("best_miou", torch.tensor(float("nan")))
         self.val_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
         self.test_confmat = SegmentationConfusionMatrix(num_classes, ignore_index)
         self._compiled: Any = None
+        self.nonfinite = NonFiniteWatch(nonfinite_check_every or 1)
 
     # ----------------------------------------------------------------------------------- forward
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,7 +124,12 @@ class SegmentationModule(pl.LightningModule):
     def channels_last(self) -> bool:
         """Whether the network runs channels-last: as configured, or on GPUs only when unset."""
         configured = self.hparams.get("channels_last")
-        return self.device.type == "cuda" if configured is None else bool(configured)
+        return self._run_device().type == "cuda" if configured is None else bool(configured)
+
+    def _run_device(self) -> torch.device:
+        """Where the module runs: the trainer's device once attached (set before the weights move)."""
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else self.device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, H, W] for a uint8 (or already float) RGB batch."""
@@ -124,38 +138,102 @@ class SegmentationModule(pl.LightningModule):
             self._compiled = torch.compile(self.net)
         return (self._compiled or self.net)(x)
 
-    def on_fit_start(self) -> None:
-        if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+    def setup(self, stage: str) -> None:
+        """Pick the memory format and the non-finite read interval for the device the run uses.
+
+        This runs before the strategy moves and wraps the module: DDP's gradient buckets must see
+        the parameters in their final layout, or every step warns about (and copies) mismatched
+        gradient strides.
+        """
+        if stage == "fit":
+            on_gpu = self._run_device().type == "cuda"
+            every = self.hparams.get("nonfinite_check_every")
+            self.nonfinite = NonFiniteWatch(every or (GPU_NONFINITE_CHECK_EVERY if on_gpu else 1))
+            if self.channels_last:
+                self.net.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self._batch_ids = list(batch.get("id", []))
+        ids = list(batch.get("id", []))
+        self._batch_ids = ids
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
-        if not torch.isfinite(loss):
-            self._nonfinite(f"training loss {loss.item()}")
-            return None
+        bad = ~torch.isfinite(loss.detach())
+        if (
+            self.nonfinite.every == 1
+        ):  # read at once: the batch can still be dropped before backward
+            if bad.item():
+                self._nonfinite(f"training loss {loss.item()}")
+                return None
+        else:  # no host sync: recorded now, read every N steps (on_train_batch_end)
+            self.nonfinite.record(bad, self.global_step, "loss", ids)
+            if self.hparams.on_nonfinite == "skip":
+                loss = torch.where(
+                    bad, torch.zeros_like(loss), loss
+                )  # the gradients are zeroed too
         self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
+            "train/loss_epoch",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(logits),
         )
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, prog_bar=False)
+        if self._logging_step():
+            # host values, once per logged step: a device value shown in the progress bar would
+            # be copied to the host (a sync) after every batch
+            self.log("train/loss_step", loss.detach().cpu(), on_step=True, prog_bar=True)
+            self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), on_step=True)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether the trainer writes this step's logs (every ``trainer.log_every_n_steps``)."""
+        return bool(self.trainer._logger_connector.should_update_logs)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A finite loss can still give inf/NaN gradients (fp16 overflow, a bad batch): never step on them."""
         if self.trainer.precision == "16-mixed":
             return  # fp16's GradScaler expects overflows and skips those steps itself
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-            self._nonfinite("gradients")
-            optimizer.zero_grad(
-                set_to_none=False
-            )  # skip: a zero update (Adam's moments still decay)
+        if not grads:
+            return
+        bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if self.nonfinite.every == 1:
+            if bad.item():
+                self._nonfinite("gradients")
+                optimizer.zero_grad(set_to_none=False)  # skip: a zero update (Adam's moments decay)
+            return
+        self.nonfinite.record(bad, self.global_step, "gradients", self._batch_ids)
+        if self.hparams.on_nonfinite == "skip":
+            for grad in grads:  # zero on the device, without asking the host whether to
+                grad.masked_fill_(bad, 0.0)
 
-    def _nonfinite(self, what: str) -> None:
-        ids = ", ".join(map(str, getattr(self, "_batch_ids", [])[:8])) or "unknown"
-        message = f"non-finite {what} at step {self.global_step} (batch: {ids})"
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.nonfinite.every > 1 and self.nonfinite.due(self.global_step - 1):
+            self._read_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        if self.nonfinite.every > 1:
+            self._read_nonfinite()
+
+    def _read_nonfinite(self) -> None:
+        found = self.nonfinite.read()
+        if found is not None:
+            what = f"training {found.what}" if found.what == "loss" else found.what
+            more = f"; {found.count} such steps since the last check" if found.count > 1 else ""
+            self._nonfinite(what, found.step, found.ids, more)
+
+    def _nonfinite(
+        self,
+        what: str,
+        step: int | None = None,
+        batch_ids: Sequence[str] | None = None,
+        more: str = "",
+    ) -> None:
+        ids = batch_ids if batch_ids is not None else getattr(self, "_batch_ids", [])
+        names = ", ".join(map(str, list(ids)[:8])) or "unknown"
+        step = self.global_step if step is None else step
+        message = f"non-finite {what} at step {step} (batch: {names}){more}"
         if self.hparams.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"{message}; set module.on_nonfinite=skip to drop such batches"
@@ -178,7 +256,8 @@ class SegmentationModule(pl.LightningModule):
         miou = self._log_scores("val", self.val_confmat)
         if math.isfinite(miou) and not (self.best_miou >= miou):
             self.best_miou.fill_(miou)
-        self.log("val/mIoU_best", self.best_miou.item(), sync_dist=False)
+        # the same value on every rank: sync_dist averages identical numbers, and keeps DDP quiet
+        self.log("val/mIoU_best", self.best_miou.item(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_confmat)
@@ -186,14 +265,16 @@ class SegmentationModule(pl.LightningModule):
     def _log_scores(self, stage: str, confmat: SegmentationConfusionMatrix) -> float:
         scores = scores_from_confmat(confmat.compute(), self.hparams.class_to_category)
         confmat.reset()
-        # Values are already reduced over ranks by torchmetrics; log them as plain floats.
-        self.log(f"{stage}/mIoU", scores.miou, prog_bar=True)
-        self.log(f"{stage}/pixel_accuracy", scores.pixel_accuracy)
+        # Values are already reduced over ranks by torchmetrics, so every rank logs the same numbers;
+        # sync_dist=True (a mean of equal values, once per epoch) is what DDP's logging expects.
+        self.log(f"{stage}/mIoU", scores.miou, prog_bar=True, sync_dist=True)
+        values = {f"{stage}/pixel_accuracy": scores.pixel_accuracy}
         if scores.miou_category is not None:
-            self.log(f"{stage}/mIoU_category", scores.miou_category)
+            values[f"{stage}/mIoU_category"] = scores.miou_category
         for name, value in zip(self.class_names, scores.iou.tolist(), strict=True):
             if math.isfinite(value):
-                self.log(f"{stage}/iou/{name}", value)
+                values[f"{stage}/iou/{name}"] = value
+        self.log_dict(values, sync_dist=True)
         return scores.miou
 
     # ----------------------------------------------------------------------------------- optim

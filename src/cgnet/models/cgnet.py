@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cgnet.models.blocks import (
@@ -23,6 +22,7 @@ from cgnet.models.blocks import (
     InputInjection,
     Residual,
 )
+from cgnet.models.upsample import upsample_bilinear
 
 Init = Literal["official", "mmseg"]
 
@@ -147,7 +147,7 @@ class CGNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.dropout(self.forward_features(x)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return upsample_bilinear(logits, (x.shape[-2], x.shape[-1]))
 
 
 def expected_num_parameters(num_classes: int, M: int = 3, N: int = 21) -> int:
