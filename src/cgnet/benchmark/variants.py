@@ -17,10 +17,18 @@ from torch import Tensor
 
 from cgnet.checkpoint import load_network
 from cgnet.inference import optimize
+from cgnet.inference.autotune import tuned
 from cgnet.models import CGNet
 from cgnet.runtime import reuse_cpu_memory
 
-GPU_ONLY_VARIANTS = ("cuda_graphs", "compile_cuda_graphs", "bf16")
+GPU_ONLY_VARIANTS = (
+    "cuda_graphs",
+    "compile_cuda_graphs",
+    "bf16",
+    "fused",
+    "auto_fp16",
+    "auto_bf16",
+)
 Forward = Callable[[Tensor], Tensor]
 
 VARIANT_HELP = {
@@ -33,6 +41,10 @@ VARIANT_HELP = {
     "cuda_graphs": "optimize(net, cuda_graphs=True) (GPU)",
     "compile_cuda_graphs": "optimize(net, compile=True, cuda_graphs=True) (GPU)",
     "bf16": "optimize(net, bf16=True): bfloat16 autocast (GPU)",
+    "fused": "optimize(net, kernels=True, cuda_graphs=True): fused Triton CG blocks, NCHW (GPU)",
+    "auto": "cgnet.inference.tuned(net): the fastest exact fp32 form, measured per shape",
+    "auto_fp16": "tuned(net, precision='fp16'): the fastest float16 form (GPU)",
+    "auto_bf16": "tuned(net, precision='bf16'): the fastest bfloat16 form (GPU)",
 }
 
 
@@ -97,6 +109,11 @@ def build_variant(name: str, net: CGNet, device: torch.device, workdir: Path) ->
         return optimize(net, device=device, channels_last=False)
     if name == "onnxruntime":
         return OnnxRuntimeForward(net, device, workdir)
+    if name.startswith("auto"):
+        precision = name.removeprefix("auto_") if "_" in name else "fp32"
+        return tuned(net, device, precision)  # type: ignore[arg-type]
+    if name == "fused":
+        return optimize(net, device=device, kernels=True, cuda_graphs=True)
     return optimize(
         net,
         device=device,

@@ -14,7 +14,7 @@ import torch
 
 from cgnet.checkpoint import LoadedNetwork
 from cgnet.errors import ConfigError
-from cgnet.inference.fast import optimize
+from cgnet.inference.autotune import tuned
 from cgnet.inference.tta import predict_logits
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
@@ -76,7 +76,7 @@ class Predictor:
         self.device = device
         self.tta = tta
         net = loaded.net.to(device).eval()
-        self.net = optimize(net, device=device.type) if fast else net
+        self.net = tuned(net, device) if fast else net
         self.normalize = Normalize(loaded.mean or mean, loaded.std or std).to(device)
 
     @torch.inference_mode()
