@@ -19,7 +19,8 @@ help: ## Show this help
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[prepared]"
+	$(PY) -m pip install --quiet --no-deps litdata==0.2.76  # see the `prepared` extra in pyproject.toml
 	touch $@
 
 $(STAMP): $(VENV)/.runtime

@@ -134,6 +134,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.device_augment: DeviceAugment | None = None
         self.prepared = prepared
         self._prepared: PreparedData | None = None
+        self._stream: Any = None  # the training StreamingDataLoader (prepared data)
+        self._stream_state: dict[str, Any] | None = None  # its state from a checkpoint
         self.datasets: dict[str, Dataset[dict[str, Any]]] = {}
         self._weights: torch.Tensor | None = None
 
@@ -298,7 +300,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         dataset.reseed(torch.initial_seed() + process_rank())
         workers = self.num_workers
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return StreamingDataLoader(
+        loader = StreamingDataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
@@ -308,6 +310,25 @@ class SegmentationDataModule(pl.LightningDataModule):
             worker_init_fn=seed_worker,
             prefetch_factor=2 if workers > 0 else None,
         )
+        if self._stream_state is not None:
+            loader.load_state_dict(self._stream_state)
+            self._stream_state = None
+        self._stream = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """With prepared data, where the training stream stands, saved in every checkpoint.
+
+        Lightning saves a stateful loader's state itself, but restores it only into a loader built
+        after the checkpoint was read; the scheduler's step count builds it earlier. The DataModule's
+        state is read first, so the loader starts where the checkpoint left the epoch.
+        """
+        if self._stream is None:
+            return {}
+        return {"prepared_train_stream": self._stream.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stream_state = state_dict.get("prepared_train_stream")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With augment_on=device: scale/crop/flip/photometric the full-size training batch where it

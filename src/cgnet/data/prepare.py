@@ -260,6 +260,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         num_workers=int(workers),
         chunk_bytes=cfg.chunk_bytes,
         compression=cfg.compression,
+        console=Console(soft_wrap=True),
     )
 
 
