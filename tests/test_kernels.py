@@ -4,10 +4,11 @@ On a CUDA machine (without TRITON_INTERPRET=1) they run compiled on the GPU; els
 under Triton's interpreter, which this module switches on before the kernels are imported.
 ``CGNET_KERNEL_TESTS_DEVICE=cuda`` (or ``cpu``) forces the choice.
 
-Tolerances: float32 output against a float64-free float32 reference, 1e-5 relative (plus 1e-5
-absolute). float16 and bfloat16 outputs are compared with a float32 reference computed from the same
-low-precision inputs, so only the output rounding (and summation order) differs: 2e-3 relative for
-float16, 1e-2 for bfloat16. f_glo's sums and gate are float32 whatever the input dtype.
+Tolerances: float32 outputs against eager float32 ops, 1e-5 relative (plus 1e-5 absolute), with TF32
+off on the GPU. float16 and bfloat16 outputs are compared with a float32 reference computed from the
+same low-precision inputs, so only the output rounding (and summation order) differs: 2e-3 relative
+for float16, 1e-2 for bfloat16 (the rounding alone is 2**-11 and 2**-8). f_glo's sums and gate are
+float32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -78,12 +79,17 @@ def kernels() -> ModuleType:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_on_cpu() -> Iterator[None]:
-    """The interpreter runs numpy on one core; tiny eager references gain nothing from a second."""
+def _one_thread_exact_float32() -> Iterator[None]:
+    """One CPU thread (the interpreter runs numpy on one core; tiny eager references gain nothing
+    from a second), and no TF32 on the GPU: cuDNN's convolutions would otherwise round their inputs
+    to 10-bit mantissas, and the eager reference would be off by 1e-3 instead of 1e-6."""
     threads = torch.get_num_threads()
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.set_num_threads(1)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.set_num_threads(threads)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def poisoned(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
