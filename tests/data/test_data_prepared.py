@@ -418,5 +418,20 @@ def test_training_streams_prepared_data_from_s3(
         CityscapesDataModule(prepared="s3://data/nothing", **LOADER).dataset("val")
 
 
+def test_benchmark_compares_png_and_prepared(tmp_path: Path) -> None:
+    from cgnet.data.benchmark import main
+
+    args = ["--size", "64", "128", "--crop", "32", "64", "--images", "2", "--samples", "4"]
+    out = tmp_path / "figures.json"
+    results = main([*args, "--batch-size", "2", "--workers", "0", "--prepared", "--json", str(out)])
+    figures = results["prepared"]
+    assert set(figures["read_ms_per_image"]) == {"PNG tree", "prepared"}
+    assert figures["dataloader_images_per_s"]["0"] > 0
+    assert figures["bytes_per_image"] >= 64 * 128 * 4  # uint8 RGB + uint8 mask, uncompressed
+    assert json.loads(out.read_text()) == results
+    slow = main([*args, "--batch-size", "2", "--workers", "0", "--gpu-rate", "1e9"])
+    assert slow["fed"] == {"PNG tree": {"fed": False, "fewest_workers": None}}
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-n", "0"]))

@@ -6,7 +6,12 @@ Generates a few full-size (2048x1024) Cityscapes-layout PNGs into a temp folder,
 2. real DataLoaders with 1..N workers, images/s in total and per worker,
 for the training pipeline at the chosen crop (default 512x1024, the mmseg/sssegmentation recipe).
 A GPU step must never wait for these numbers: workers x images/s per worker has to exceed what the
-model consumes.
+model consumes (``--gpu-rate IMG_PER_S`` says which worker counts do).
+
+``--prepared`` also converts the PNGs with :mod:`cgnet.data.prepare` and measures, in the same run, the
+read cost per image and the DataLoaders over the prepared data. ``--augment-on device`` (CUDA only)
+times the loaders with workers that only read, augmenting each batch on the GPU as
+``data.augment_on=device`` does.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import cv2
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cgnet.cli import plain_command
 from cgnet.config import ConfigError
 from cgnet.data.collate import collate
 from cgnet.data.datamodule import CityscapesDataModule
 from cgnet.data.dataset import SegmentationDataset
+from cgnet.data.device_augment import DeviceAugment
 from cgnet.data.io import map_label, read_image, read_label_raw
+from cgnet.data.prepared import PreparedSplit
 from cgnet.data.synthetic import generate_cityscapes
 from cgnet.data.workers import seed_worker
 
@@ -55,6 +62,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--root", type=Path, default=None, help="reuse/keep the generated PNGs here"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--prepared", action="store_true", help="also measure prepared (litdata) data"
+    )
+    parser.add_argument(
+        "--augment-on",
+        choices=("cpu", "device"),
+        default="cpu",
+        help="device: workers only read; the batch is augmented on the GPU (needs CUDA)",
+    )
+    parser.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=None,
+        metavar="IMG_PER_S",
+        help="images/s the model consumes: say which loaders feed it",
+    )
     return parser.parse_args(argv)
 
 
@@ -95,7 +118,11 @@ def stage_times(
 
 
 def loader_throughput(
-    dataset: SegmentationDataset, workers: int, samples: int, batch_size: int
+    dataset: Dataset[dict[str, Any]],
+    workers: int,
+    samples: int,
+    batch_size: int,
+    device_augment: DeviceAugment | None = None,
 ) -> float:
     """Images/s through a real DataLoader (after a warm-up batch per worker)."""
     loader = DataLoader(
@@ -112,11 +139,40 @@ def loader_throughput(
     seen, start = 0, 0.0
     iterator = iter(_cycle(loader))
     for _ in range(max(workers, 1)):  # warm-up: workers started, first batches in flight
-        next(iterator)
+        _consume(next(iterator), device_augment)
     start = time.perf_counter()
     for _ in range(batches):
-        seen += next(iterator)["image"].shape[0]
+        seen += _consume(next(iterator), device_augment)
     return seen / (time.perf_counter() - start)
+
+
+def _consume(batch: dict[str, Any], device_augment: DeviceAugment | None) -> int:
+    """A batch as training takes it: with device augmentation, moved to the GPU and augmented there."""
+    if device_augment is not None:
+        image = batch["image"].to("cuda", non_blocking=True)
+        mask = batch["mask"].to("cuda", non_blocking=True)
+        device_augment(image, mask, batch["size"].to("cuda"))
+        torch.cuda.synchronize()
+    return int(batch["image"].shape[0])
+
+
+def read_times(
+    png: SegmentationDataset, prepared: PreparedSplit, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) milliseconds to read one image + mask, as workers hand them to augmentation."""
+    n = len(prepared)  # the PNG list may repeat its files
+    counter = iter(range(10**9))
+    times = {
+        "PNG tree": _time(lambda: png.load(next(counter) % n), repeats),
+        "prepared": _time(lambda: prepared.reader.get_raw(next(counter) % n), repeats),
+    }
+    return {k: (w * 1000, c * 1000) for k, (w, c) in times.items()}
+
+
+def fed(rates: dict[int, float], gpu_rate: float) -> dict[str, Any]:
+    """Whether a loader feeds a model that consumes ``gpu_rate`` images/s, and with how few workers."""
+    enough = [w for w, v in rates.items() if v >= gpu_rate]
+    return {"fed": bool(enough), "fewest_workers": min(enough) if enough else None}
 
 
 def _cycle(loader: DataLoader[Any]):  # type: ignore[no-untyped-def]
@@ -140,6 +196,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{option}: expected a positive integer, got {value}")
     if args.workers is not None and min(args.workers) < 0:
         raise ConfigError(f"--workers: expected counts >= 0, got {args.workers}")
+    if args.augment_on == "device" and not torch.cuda.is_available():
+        raise ConfigError("--augment-on device: needs CUDA (no GPU is visible)")
+    if args.gpu_rate is not None and args.gpu_rate <= 0:
+        raise ConfigError(f"--gpu-rate: expected images/s > 0, got {args.gpu_rate}")
 
 
 @plain_command
@@ -171,9 +231,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         stages = stage_times(datamodule, args.samples, args.batch_size)
         dataset = datamodule.dataset("train")
+        assert isinstance(dataset, SegmentationDataset)
+        files = len(dataset)
+        device_augment = None
+        if args.augment_on == "device":  # workers only decode: the full-size images leave them
+            device_augment = DeviceAugment(**datamodule.augmentation(), seed=0)
+            dataset = SegmentationDataset(dataset.samples, dataset.luts, None)
         # Repeat the few files so every measurement reads `samples` images.
-        dataset.samples = dataset.samples * max(1, -(-args.samples * 2 // len(dataset.samples)))
-        loaders = {w: loader_throughput(dataset, w, args.samples, args.batch_size) for w in workers}
+        repeat = max(1, -(-args.samples * 2 // files))
+        dataset.samples = dataset.samples * repeat
+        loaders = {
+            w: loader_throughput(dataset, w, args.samples, args.batch_size, device_augment)
+            for w in workers
+        }
+        prepared: dict[str, Any] = {}
+        if args.prepared:
+            prepared = measure_prepared(
+                datamodule, Path(tmp) / "prepared", args, workers, repeat, device_augment, console
+            )
     wall_ms, cpu_ms = stages["end to end"]
     results: dict[str, Any] = {
         "input": f"{args.size[1]}x{args.size[0]} PNG",
@@ -186,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "images_per_s_one_core": round(1000 / cpu_ms, 2),
         "images_per_s_one_process_wall": round(1000 / wall_ms, 2),
         "dataloader_images_per_s": {str(w): round(v, 2) for w, v in loaders.items()},
+        "augment_on": args.augment_on,
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d"),
@@ -208,9 +284,100 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for w, value in loaders.items():
         loader_table.add_row(str(w), f"{value:.1f}", f"{value / max(w, 1):.1f}")
     console.print(loader_table)
+    if prepared:
+        results["prepared"] = prepared
+        show_prepared(console, prepared, loaders, args)
+    if args.gpu_rate is not None:
+        results["gpu_rate"] = args.gpu_rate
+        results["fed"] = {"PNG tree": fed(loaders, args.gpu_rate)}
+        if prepared:
+            rates = {int(w): v for w, v in prepared["dataloader_images_per_s"].items()}
+            results["fed"]["prepared"] = fed(rates, args.gpu_rate)
+        for source, verdict in results["fed"].items():
+            text = (
+                f"fed with {verdict['fewest_workers']} worker(s)"
+                if verdict["fed"]
+                else "NOT fed by any worker count measured"
+            )
+            console.print(f"{source}: a model consuming {args.gpu_rate:g} images/s is {text}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return results
+
+
+def measure_prepared(
+    datamodule: CityscapesDataModule,
+    output: Path,
+    args: argparse.Namespace,
+    workers: list[int],
+    repeat: int,
+    device_augment: DeviceAugment | None,
+    console: Console,
+) -> dict[str, Any]:
+    """Prepare the generated PNGs and time reading them and the DataLoaders over them."""
+    from cgnet.data.prepare import prepare
+
+    start = time.perf_counter()
+    prepare(datamodule, output, stages=["train"], num_workers=max(1, max(workers)), console=console)
+    seconds = time.perf_counter() - start
+    reading = type(datamodule)(**{**_settings(datamodule), "prepared": str(output)})
+    split = reading.dataset("train")
+    assert isinstance(split, PreparedSplit)
+    png = datamodule.dataset("train")
+    assert isinstance(png, SegmentationDataset)
+    reads = read_times(png, split, max(args.samples // 2, 5))
+    if device_augment is not None:
+        split.augment = None  # workers only read
+    repeated = Subset(split, list(range(len(split))) * repeat)
+    rates = {
+        w: loader_throughput(repeated, w, args.samples, args.batch_size, device_augment)
+        for w in workers
+    }
+    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    return {
+        "prepare_seconds": round(seconds, 2),
+        "bytes_per_image": size // max(len(split), 1),
+        "read_ms_per_image": {
+            k: {"wall": round(w, 2), "cpu": round(c, 2)} for k, (w, c) in reads.items()
+        },
+        "dataloader_images_per_s": {str(w): round(v, 2) for w, v in rates.items()},
+    }
+
+
+def _settings(datamodule: CityscapesDataModule) -> dict[str, Any]:
+    return {
+        "root": datamodule.root,
+        "batch_size": datamodule.batch_size,
+        "num_workers": 0,
+        "crop_size": datamodule.crop_size,
+        "scale_range": datamodule.scale_range,
+        "photometric": datamodule.photometric,
+        "cat_max_ratio": datamodule.cat_max_ratio,
+        "augment_on": datamodule.augment_on,
+    }
+
+
+def show_prepared(
+    console: Console, prepared: dict[str, Any], png: dict[int, float], args: argparse.Namespace
+) -> None:
+    reads = Table(title="reading one image + mask (before augmentation)")
+    for column in ("source", "wall ms", "CPU ms"):
+        reads.add_column(column, justify="left" if column == "source" else "right")
+    for source, ms in prepared["read_ms_per_image"].items():
+        reads.add_row(source, f"{ms['wall']:.1f}", f"{ms['cpu']:.1f}")
+    console.print(reads)
+    where = "GPU" if args.augment_on == "device" else "CPU"
+    table = Table(title=f"DataLoader images/s, PNG tree vs prepared (augmentation on the {where})")
+    for column in ("workers", "PNG tree", "prepared", "x"):
+        table.add_column(column, justify="right")
+    for w, value in png.items():
+        other = prepared["dataloader_images_per_s"][str(w)]
+        table.add_row(str(w), f"{value:.1f}", f"{other:.1f}", f"{other / value:.1f}")
+    console.print(table)
+    console.print(
+        f"prepared in {prepared['prepare_seconds']:.1f} s, "
+        f"{prepared['bytes_per_image'] / 2**20:.1f} MiB per image on disk"
+    )
 
 
 if __name__ == "__main__":
