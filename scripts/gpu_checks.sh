@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
 # Every GPU-only check in one run, for a CUDA machine that has Python 3.12 with CUDA torch but not
-# cgnet's other dependencies (fetch them first with scripts/device_wheels.sh; carry .whl/ along).
-# Results go to $OUT (default ./gpu_results): environment, inference and training benchmarks (JSON
-# + Markdown for docs/benchmarks.md), and bf16 / fp16 mixed-precision training runs on the GPU.
-# Each step has its own time limit, so one failing step still leaves the others' results.
+# cgnet's other dependencies (fetch them first with `make device-wheels`; carry .whl/ along).
+# Steps, most valuable first, each with its own time limit so one failure keeps the others:
+#   inference  batch-1 1024x2048 variants: eager, folded, CUDA graphs, fused Triton, auto-tuned fp32/fp16/bf16
+#   training   training-step throughput, batch 16, 680x680 (fp32 eager vs the project's bf16 step)
+#   train      Lightning runs: 200-step loss curves (fp32 eager vs bf16/fp16-mixed/compiled), host
+#              syncs inside steps, trainer.deterministic=true, one-rank NCCL DDP warnings
+#   data       PNG vs prepared (litdata) loaders with GPU augmentation, 2048x1024 scenes, 680 crops
+#   batched    the inference variants at batch 8
+#   kernels    the fused Triton kernels against eager, compiled on the GPU
+# `STEPS="inference train" scripts/gpu_checks.sh` runs a subset. Writes at most 8 files to $OUT
+# (default ./gpu_results) and prints one summary table at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 CGNET_CACHE_DIR=/tmp/cgnet-cache WANDB_MODE=disabled
+STEPS=${STEPS:-inference training train data batched kernels}
+export PYTHONUNBUFFERED=1 CGNET_CACHE_DIR=/tmp/cgnet-cache WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1
 LOG="$OUT/gpu_checks.log"
+START=$(date +%s)
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit, log its output and exit status
+step() {  # step NAME SECONDS COMMAND...: run when selected, with a limit; log output and exit status
     local name=$1 limit=$2
     shift 2
-    echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$LOG"
-    timeout "$limit" "$@" 2>&1 | tail -n 60 | tee -a "$LOG"
-    echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+    [[ " $STEPS " == *" $name "* ]] || return 0
+    echo "=== $name (+$(($(date +%s) - START))s, limit ${limit}s): $*" | tee -a "$LOG"
+    timeout "$limit" "$@" >>"$LOG" 2>&1
+    local status=$?
+    echo "=== $name: exit $status after +$(($(date +%s) - START))s" | tee -a "$LOG"
 }
 
 if [ -d .whl ]; then
@@ -26,38 +37,32 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
     --target /tmp/site . || exit 1
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-
 {
-    nvidia-smi -L
-    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt" | tee -a "$LOG"
+    date -u +"date %Y-%m-%dT%H:%M:%SZ"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c "import torch, triton, pytorch_lightning as pl; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', pl.__version__, torch.cuda.get_device_name())"
+    nproc
+} 2>&1 | tee -a "$LOG"
 
 WEIGHTS=(num_classes=19)
 if [ -f .whl/cgnet_official_camvid_m3n21.pth ]; then
     WEIGHTS=(ckpt_path="$PWD/.whl/cgnet_official_camvid_m3n21.pth" num_classes=11)
 fi
+BENCH=(python3 -m cgnet.benchmark device=cuda isolate=false "${WEIGHTS[@]}" 'sizes=[[1024,2048]]')
 
-step inference 180 python3 -m cgnet.benchmark device=cuda "${WEIGHTS[@]}" \
-    'variants=[eager,fast,compile,cuda_graphs,compile_cuda_graphs,bf16]' repeats=50 warmup=10 \
-    train_throughput.enabled=false output="$OUT/gpu_inference.json" markdown="$OUT/gpu_inference.md"
-
+step inference 90 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.enabled=false \
+    'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' output="$OUT/inference.json"
 # The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step.
-step training 120 python3 -m cgnet.benchmark device=cuda num_classes=19 'sizes=[[1024,2048]]' \
-    'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 'train_throughput.crop=[680,680]' \
-    train_throughput.bf16=true train_throughput.steps=20 train_throughput.warmup=5 \
-    output="$OUT/gpu_training.json" markdown="$OUT/gpu_training.md"
+step training 45 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
+    'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
+    'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
+    train_throughput.warmup=5 output="$OUT/training.json"
+step train 130 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
+step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
+    --batch-size 16 --images 16 --samples 64 --workers 1 15 --gpu-rate 1500 \
+    --json "$OUT/data.json"
+step batched 50 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabled=false \
+    'variants=[eager,auto,auto_fp16,auto_bf16]' output="$OUT/batched.json"
+step kernels 35 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -n 0 -x
 
-# Lightning on the GPU with mixed precision, end to end on the synthetic scenes.
-for precision in bf16-mixed 16-mixed; do
-    step "train-$precision" 75 python3 -m cgnet.train trainer=gpu trainer.precision="$precision" \
-        trainer.max_epochs=2 trainer.check_val_every_n_epoch=1 data.num_train=64 data.num_val=10 \
-        data.num_workers=4 paths.log_dir=/tmp/cgnet-logs hydra.run.dir="/tmp/cgnet-logs/$precision"
-    cp "/tmp/cgnet-logs/$precision/summary.json" "$OUT/train_$precision.json" 2>/dev/null
-done
-# trainer.deterministic=true on CUDA: torch refuses ops without a deterministic CUDA kernel (bilinear
-# upsampling's backward may be one); the log says whether the project's training step passes.
-step deterministic 60 python3 -m cgnet.train trainer=gpu trainer.deterministic=true \
-    trainer.max_epochs=1 data.num_train=32 data.num_val=10 data.num_workers=2 preview=false \
-    paths.log_dir=/tmp/cgnet-logs hydra.run.dir=/tmp/cgnet-logs/deterministic
-ls -l "$OUT"
+python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -54,11 +54,17 @@ class InferenceJob:
             for _ in range(warmup):
                 self.fn(self.x)
             synchronize(self.device)
+        tuned: dict[str, Any] = {}
+        choices = getattr(self.fn, "choices", None)  # cgnet.inference.AutoTuned: what it picked
+        if choices is not None:
+            key = tuple(self.x.shape)
+            tuned = {"tuned": {"choice": choices[key], "timings_ms": self.fn.timings[key]}}
         return {
             "first_call_s": first_s,
             "peak_memory_mib": memory["peak_mib"],
             "process_peak_mib": memory["process_peak_mib"],
             "output": str(path),
+            **tuned,
         }
 
     def call(self) -> tuple[float, float | None, int]:
