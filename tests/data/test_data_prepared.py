@@ -248,7 +248,9 @@ def test_prepare_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"] == "camvid" and [e["count"] for e in manifest["splits"]] == [2, 2, 1]
-    other = run_cli("cgnet.data.prepare", ["data=synthetic", f"output={out}"], tmp_path)
+    # the same files read as real CamVid: another preparation, refused
+    real = ["data=camvid", f"data.root={tmp_path / 'camvid'}", f"output={out}"]
+    other = run_cli("cgnet.data.prepare", real, tmp_path)
     assert other.returncode == 2
     assert other.stderr.strip().startswith("data error: ") and "holds prepared 'camvid'" in (
         other.stderr
