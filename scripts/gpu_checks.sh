@@ -61,7 +61,7 @@ step train 130 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
 step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
     --batch-size 16 --images 16 --samples 64 --workers 1 15 --gpu-rate 1500 \
     --json "$OUT/data.json"
-step batched 50 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabled=false \
+step batched 100 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabled=false \
     'variants=[eager,auto,auto_fp16,auto_bf16]' output="$OUT/batched.json"
 step kernels 35 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -n 0 -x
 

@@ -3,7 +3,7 @@
 Each run trains the synthetic scenes on the GPU and records what the issue list of a GPU training
 path asks about: loss curves of plain fp32 eager against bf16-mixed, fp16-mixed and compiled steps
 (200 steps each, same seed and batches), host synchronisations inside training steps
-(torch.cuda.set_sync_debug_mode), ``trainer.deterministic=true``, and one-rank NCCL DDP's warnings.
+at the default logging interval (torch.cuda.set_sync_debug_mode), ``trainer.deterministic=true``, and one-rank NCCL DDP's warnings.
 Results go to one JSON file (rewritten after every run, so a time limit keeps what finished).
 
     python scripts/gpu_train_checks.py OUT.json [RUN ...]
@@ -59,6 +59,8 @@ RUNS: dict[str, list[str]] = {
     "fp16_mixed": ["trainer.precision=16-mixed"],
     "deterministic": ["trainer.deterministic=true", "trainer.max_steps=30"],
     "ddp_one_rank": ["trainer.strategy=ddp", "trainer.max_steps=30"],
+    # the project's logging interval (every 10 steps): host syncs counted in steps 60..99
+    "sync_probe": ["trainer.log_every_n_steps=10", "trainer.max_steps=100"],
     "compile_bf16": ["module.compile=true"],
 }
 
@@ -125,7 +127,7 @@ def compose_run(name: str, overrides: list[str], root: Path) -> DictConfig:
         cfg.hydra.runtime.output_dir = str(out)
         cfg.hydra.job.num = 0
         cfg.paths.log_dir = str(root)
-        if name == "bf16_mixed" and not DRY:
+        if name == "sync_probe" and not DRY:
             cfg.callbacks.sync_probe = {"_target_": "__main__.SyncProbe"}
     HydraConfig.instance().set_config(cfg)
     return cfg
@@ -165,7 +167,7 @@ def one_run(name: str, root: Path) -> dict[str, Any]:
         if torch.cuda.is_available()
         else None,
     }
-    if name == "bf16_mixed" and PROBES:
+    if name == "sync_probe" and PROBES:
         probe = PROBES.pop()
         result["sync_probe_steps"] = probe.steps
         result["syncs_in_probed_steps"] = len(probe.syncs)

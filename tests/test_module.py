@@ -41,3 +41,27 @@ def test_space_to_batch_is_a_module_setting(enabled: bool) -> None:
     assert f_surs and all(m.space_to_batch is enabled for m in f_surs)
     keys = set(SegmentationModule(3, model={"M": 2, "N": 2}).state_dict())
     assert set(module.state_dict()) == keys  # checkpoints are the same either way
+
+
+class _NoLen(torch.nn.Module):
+    """Stands in for torch.compile's wrapper, which refuses truth tests as it has no len()."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls = 0
+
+    def __len__(self) -> int:
+        raise TypeError(f"{type(self.net).__name__} does not support len()")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_compile_runs_the_compiled_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda net, **_: _NoLen(net))
+    module = SegmentationModule(3, model={"M": 1, "N": 1}, compile=True)
+    logits = module(channels_last_batch())
+    assert logits.shape == (2, 3, 24, 32)
+    assert isinstance(module._compiled, _NoLen) and module._compiled.calls == 1

@@ -136,7 +136,9 @@ class SegmentationModule(pl.LightningModule):
         x = self.normalize(images)
         if self.hparams.compile and self._compiled is None:
             self._compiled = torch.compile(self.net)
-        return (self._compiled or self.net)(x)
+        # `is None`, not `or`: a compiled module refuses truth tests (it has no len())
+        net = self.net if self._compiled is None else self._compiled
+        return net(x)
 
     def setup(self, stage: str) -> None:
         """Pick the memory format and the non-finite read interval for the device the run uses.
