@@ -8,14 +8,33 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+M = TypeVar("M", bound=nn.Module)
+
+
+def randomize_statistics(module: M, seed: int = 1) -> M:
+    """Non-trivial BN statistics and affine parameters, and PReLU slopes of both signs, in eval mode,
+    so that a wrong fold (mean/var swapped, eps dropped, halves crossed) shows up in the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
+            m.weight.data.copy_(torch.randn(n, generator=gen))
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
+        elif isinstance(m, nn.PReLU):
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=gen) * 0.4)
+    return module.eval()
 
 
 def tiny_data_overrides(root: Path) -> list[str]:

@@ -8,15 +8,7 @@ import torch
 
 from cgnet.inference.autotune import AutoTuned, build, candidates, tuned
 from cgnet.models import CGNet
-
-
-def random_bn(net: CGNet) -> CGNet:
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net.eval()
+from helpers import randomize_statistics
 
 
 def test_candidates_cover_layouts_graphs_kernels_and_eager() -> None:
@@ -33,7 +25,7 @@ def test_candidates_cover_layouts_graphs_kernels_and_eager() -> None:
 
 @pytest.mark.parametrize("form", candidates("fp32", cuda=False), ids=lambda c: c.name)
 def test_every_cpu_form_computes_the_same_logits(form) -> None:
-    net = random_bn(CGNet(5, M=2, N=3))
+    net = randomize_statistics(CGNet(5, M=2, N=3))
     x = torch.randn(1, 3, 48, 64)
     expected = net(x)
     got = build(net, form, torch.device("cpu"))(x)
@@ -41,7 +33,7 @@ def test_every_cpu_form_computes_the_same_logits(form) -> None:
 
 
 def test_tuning_keeps_the_fastest_form_per_shape_and_its_logits_are_exact() -> None:
-    net = random_bn(CGNet(5, M=2, N=3))
+    net = randomize_statistics(CGNet(5, M=2, N=3))
     auto = AutoTuned(net, torch.device("cpu"), warmup=1, repeats=2)
     for shape in ((1, 3, 32, 48), (2, 3, 40, 40)):
         x = torch.randn(shape)

@@ -21,27 +21,12 @@ from cgnet.inference import (
 from cgnet.models import CGNet
 from cgnet.models.weights import load_weights
 from cgnet.runtime import reuse_cpu_memory
+from helpers import randomize_statistics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 torch.set_flush_denormal(True)
-
-
-def randomize_statistics(net: CGNet, seed: int = 1) -> CGNet:
-    """Non-trivial BN statistics and affine parameters, and PReLU slopes of both signs, so that a
-    wrong fold (mean/var swapped, eps dropped, halves crossed) shows up in the logits."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
-            m.weight.data.copy_(torch.randn(n, generator=gen))
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
-        elif isinstance(m, nn.PReLU):
-            m.weight.data.copy_(torch.randn(m.weight.shape, generator=gen) * 0.4)
-    return net.eval()
 
 
 def agreement(a: Tensor, b: Tensor) -> float:

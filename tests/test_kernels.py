@@ -31,6 +31,7 @@ from cgnet.inference import fold_network, optimize
 from cgnet.inference.fast import FastCGBlock, FastFGlo
 from cgnet.models import CGNet
 from cgnet.models.blocks import CGBlock, CGDownBlock, FGlo
+from helpers import randomize_statistics
 
 
 def _device() -> torch.device:
@@ -119,21 +120,6 @@ def joint_reference(
     sur = F.conv2d(y, w_sur, b_sur, padding=dilation, dilation=dilation, groups=c)
     joint = torch.cat([loc, sur], 1)
     return F.relu(joint) if slope is None else F.prelu(joint, slope)
-
-
-def randomize(module: M, seed: int = 1) -> M:
-    """Non-trivial BatchNorm statistics and PReLU slopes of both signs, in eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.1)
-            m.weight.data.copy_(torch.randn(n, generator=gen))
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
-        elif isinstance(m, nn.PReLU):
-            m.weight.data.copy_(torch.randn(m.weight.shape, generator=gen) * 0.4)
-    return module.eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +256,7 @@ BLOCKS = {
 
 @pytest.mark.parametrize("name", list(BLOCKS))
 def test_fast_block_kernels_match_eager(kernels: ModuleType, name: str) -> None:
-    block = randomize(BLOCKS[name]())
+    block = randomize_statistics(BLOCKS[name]())
     fast = FastCGBlock(block).to(DEVICE)
     channels = block.conv_in.conv.in_channels
     x = torch.randn(2, channels, 19, 23, device=DEVICE)
@@ -286,7 +272,7 @@ def test_fast_block_kernels_match_eager(kernels: ModuleType, name: str) -> None:
 def test_fast_block_kernels_in_low_precision(kernels: ModuleType, dtype: torch.dtype) -> None:
     """A whole CG block in half precision against the float32 eager block on the same (rounded)
     weights and input: conv_in's output is rounded too, hence a looser bound than the kernels'."""
-    fast = FastCGBlock(randomize(CGBlock(32, 2, 8))).to(DEVICE, dtype)
+    fast = FastCGBlock(randomize_statistics(CGBlock(32, 2, 8))).to(DEVICE, dtype)
     x = torch.randn(2, 32, 13, 17, device=DEVICE).to(dtype)
     with torch.no_grad():
         expected = fast.float()(x.float())
@@ -303,7 +289,7 @@ def test_fast_block_kernels_in_low_precision(kernels: ModuleType, dtype: torch.d
 def network() -> CGNet:
     """The default M=3, N=21 CGNet with random BatchNorm statistics."""
     torch.manual_seed(0)
-    return randomize(CGNet(19))
+    return randomize_statistics(CGNet(19))
 
 
 def test_fast_cgnet_kernels_match_eager(kernels: ModuleType, network: CGNet) -> None:
