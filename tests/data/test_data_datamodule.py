@@ -35,7 +35,7 @@ def _check_batch(
     batch: dict, size: tuple[int, int], count: int, id_pattern: str, whole: bool = True
 ) -> None:
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (count, 3, *size)
-    assert batch["mask"].dtype == torch.int64 and batch["mask"].shape == (count, *size)
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (count, *size)
     assert isinstance(batch["id"], list) and len(batch["id"]) == count
     assert all(re.fullmatch(id_pattern, i) for i in batch["id"])
     assert batch["size"].tolist() == [list(size)] * count

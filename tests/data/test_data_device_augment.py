@@ -253,7 +253,10 @@ def test_with_augment_on_device_workers_only_decode(cityscapes_tree: Path) -> No
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 64, 128) and batch["mask"].shape == (2, 64, 128)
     assert dm.device_augment is not None and dm.device_augment.crop_size == (32, 48)
-    assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer, or not training: untouched
+    assert batch["mask"].dtype == torch.uint8  # masks travel as uint8
+    moved = dm.on_after_batch_transfer(batch, 0)  # no trainer, or not training: not augmented
+    assert moved["image"] is batch["image"] and moved["mask"].shape == (2, 64, 128)
+    assert moved["mask"].dtype == torch.int64 and torch.equal(moved["mask"], batch["mask"].long())
 
 
 def test_training_with_augment_on_device_sees_crops(
@@ -265,6 +268,7 @@ def test_training_with_augment_on_device_sees_crops(
 
     def recording(self: SegmentationModule, batch: dict[str, Any], batch_idx: int) -> Any:
         seen.append((tuple(batch["image"].shape), tuple(batch["mask"].shape)))
+        assert batch["mask"].dtype == torch.int64  # widened after the transfer
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(SegmentationModule, "training_step", recording)

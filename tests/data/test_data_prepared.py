@@ -53,7 +53,7 @@ def assert_same_batches(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Non
     for x, y in zip(a, b, strict=True):
         assert x["id"] == y["id"]
         assert x["image"].dtype == y["image"].dtype == torch.uint8
-        assert x["mask"].dtype == y["mask"].dtype == torch.int64
+        assert x["mask"].dtype == y["mask"].dtype == torch.uint8
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
         assert torch.equal(x["size"], y["size"])
 
@@ -124,7 +124,7 @@ def test_training_batches_are_augmented_crops(cityscapes_prepared: Path, tmp_pat
     torch.manual_seed(0)
     batches = list(fast.train_dataloader())
     assert len(batches) == 2  # 6 images, batch 3, drop_last
-    assert batches[0]["image"].shape == (3, 3, 32, 48) and batches[0]["mask"].dtype == torch.int64
+    assert batches[0]["image"].shape == (3, 3, 32, 48) and batches[0]["mask"].dtype == torch.uint8
     ids = [i for b in batches for i in b["id"]]
     assert len(set(ids)) == 6
     too_big = CityscapesDataModule(

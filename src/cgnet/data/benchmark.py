@@ -134,8 +134,10 @@ def loader_throughput(
         collate_fn=collate,
         worker_init_fn=seed_worker,
         persistent_workers=workers > 0,
+        pin_memory=device_augment is not None,  # as training does on CUDA
     )
-    batches = max(samples // batch_size, 1)
+    # at least two batches per worker after the warm-up, or many workers measure their start-up
+    batches = max(samples // batch_size, 2 * workers, 1)
     seen, start = 0, 0.0
     iterator = iter(_cycle(loader))
     for _ in range(max(workers, 1)):  # warm-up: workers started, first batches in flight
@@ -150,7 +152,7 @@ def _consume(batch: dict[str, Any], device_augment: DeviceAugment | None) -> int
     """A batch as training takes it: with device augmentation, moved to the GPU and augmented there."""
     if device_augment is not None:
         image = batch["image"].to("cuda", non_blocking=True)
-        mask = batch["mask"].to("cuda", non_blocking=True)
+        mask = batch["mask"].to("cuda", non_blocking=True).long()  # as on_after_batch_transfer
         device_augment(image, mask, batch["size"].to("cuda"))
         torch.cuda.synchronize()
     return int(batch["image"].shape[0])

@@ -58,7 +58,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Shared loading, augmentation, batching and class weights; subclasses only find the files.
 
     Batches are dicts: `image` uint8 [B, 3, H, W] RGB (normalise on the device with `mean`/`std`),
-    `mask` int64 [B, H, W] trainIds with 255 ignore, `id` list[str], `size` int64 [B, 2]. Training
+    `mask` uint8 [B, H, W] trainIds with 255 ignore (int64 after the transfer to the device),
+    `id` list[str], `size` int64 [B, 2]. Training
     batches are random crops; validation, test and predict batches are whole images.
     """
 
@@ -331,8 +332,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         self._stream_state = state_dict.get("prepared_train_stream")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With augment_on=device: scale/crop/flip/photometric the full-size training batch where it
-        now lives (the accelerator), so the loader workers only decode."""
+        """Masks become int64 (the loss's index type) once on the device: they travel as uint8.
+        With augment_on=device, also scale/crop/flip/photometric the full-size training batch where
+        it now lives (the accelerator), so the loader workers only decode."""
+        if isinstance(batch, dict) and isinstance(batch.get("mask"), torch.Tensor):
+            batch = {**batch, "mask": batch["mask"].long()}
         trainer = self.trainer
         if self.device_augment is None or trainer is None or not trainer.training:
             return batch
