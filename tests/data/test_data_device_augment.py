@@ -11,7 +11,8 @@ import torch
 
 from cgnet.config import ConfigError
 from cgnet.data import CityscapesDataModule
-from cgnet.data.device_augment import AugmentParams, DeviceAugment
+from cgnet.data.collate import collate
+from cgnet.data.device_augment import AugmentParams, DeviceAugment, WindowCut, params_from_batch
 from cgnet.data.transforms import PhotoMetricDistortion, RandomScaleCrop, build_train_transform
 from cgnet.module import SegmentationModule
 from cgnet.train import run, validate
@@ -240,23 +241,41 @@ def test_the_same_seed_draws_the_same_batch() -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
-def test_with_augment_on_device_workers_only_decode(cityscapes_tree: Path) -> None:
+def test_with_augment_on_device_workers_draw_and_cut_windows(cityscapes_tree: Path) -> None:
     dm = CityscapesDataModule(
         root=str(cityscapes_tree),
         batch_size=2,
         num_workers=0,
         crop_size=(32, 48),
+        scale_range=(1.0, 2.0),  # windows of 16..32 x 24..48 source pixels out of 64x128
         augment_on="device",
     )
     dm.setup("fit")
-    assert dm.dataset("train").transform is None
+    assert isinstance(dm.dataset("train").transform, WindowCut)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 64, 128) and batch["mask"].shape == (2, 64, 128)
-    assert dm.device_augment is not None and dm.device_augment.crop_size == (32, 48)
+    height, width = batch["image"].shape[-2:]
+    assert height <= 33 and width <= 49 and batch["mask"].shape == (2, height, width)
     assert batch["mask"].dtype == torch.uint8  # masks travel as uint8
-    moved = dm.on_after_batch_transfer(batch, 0)  # no trainer, or not training: not augmented
-    assert moved["image"] is batch["image"] and moved["mask"].shape == (2, 64, 128)
-    assert moved["mask"].dtype == torch.int64 and torch.equal(moved["mask"], batch["mask"].long())
+    assert set(batch["augment"]) >= {"sizes", "scales", "offsets", "flips", "origins"}
+    assert batch["augment"]["sizes"].tolist() == [[64, 128]] * 2
+    assert dm.device_augment is not None and dm.device_augment.crop_size == (32, 48)
+    sent = dm.on_before_batch_transfer(batch, 0)  # the parameters stay on the host
+    assert "augment" not in sent
+    moved = dm.on_after_batch_transfer(sent, 0)
+    assert moved["image"].shape == (2, 3, 32, 48) and moved["mask"].shape == (2, 32, 48)
+    assert moved["mask"].dtype == torch.int64 and moved["size"].tolist() == [[32, 48]] * 2
+
+
+def test_validation_batches_are_whole_images_with_int64_masks_on_the_device(
+    cityscapes_tree: Path,
+) -> None:
+    dm = CityscapesDataModule(root=str(cityscapes_tree), num_workers=0, augment_on="device")
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert "augment" not in batch and batch["mask"].dtype == torch.uint8
+    moved = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
+    assert moved["image"] is batch["image"] and moved["mask"].dtype == torch.int64
+    assert torch.equal(moved["mask"], batch["mask"].long())
 
 
 def test_training_with_augment_on_device_sees_crops(
@@ -290,3 +309,45 @@ def test_a_typo_in_augment_on_is_one_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data\.augment_on") as error:
         validate(cfg)
     assert "\n" not in str(error.value).strip()
+
+
+@pytest.mark.parametrize(
+    ("photometric", "cat_max_ratio", "scale_range"),
+    [(False, 1.0, (0.5, 2.0)), (True, 0.75, (0.5, 2.0)), (False, 1.0, (0.25, 0.5))],
+)
+def test_a_workers_window_cut_warps_exactly_like_the_whole_image(
+    photometric: bool, cat_max_ratio: float, scale_range: tuple[float, float]
+) -> None:
+    """Workers send only the pixels each crop reads (collated at different sizes); the device's warp
+    of those windows equals its warp of the whole images, pixel for pixel and label for label."""
+    crop, kwargs = (32, 48), {"photometric": photometric, "cat_max_ratio": cat_max_ratio}
+    cut = WindowCut(DeviceAugment(crop, scale_range, seed=3, **kwargs))
+    device = DeviceAugment(crop, scale_range, **kwargs)
+    scenes = [_scene(61, 97, seed=i) for i in range(6)]
+    samples = []
+    for i, (image, mask) in enumerate(scenes):
+        out = cut(image=image, mask=mask)
+        assert out["image"].shape[:2] == out["mask"].shape
+        samples.append(
+            {
+                "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1),
+                "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])),
+                "id": str(i),
+                "augment": out["augment"],
+            }
+        )
+    batch = collate(samples)
+    sizes, params = params_from_batch(batch["augment"])
+    got_image, got_mask = device.apply(batch["image"], batch["mask"].long(), sizes, params)
+    whole = [_batch(image, mask) for image, mask in scenes]
+    expected_image, expected_mask = device.apply(
+        torch.cat([w[0] for w in whole]),
+        torch.cat([w[1] for w in whole]),
+        sizes,
+        AugmentParams(**{**params.__dict__, "origins": None}),
+    )
+    assert got_image.shape == (6, 3, *crop) and torch.equal(got_image, expected_image)
+    assert torch.equal(got_mask, expected_mask)
+    cut_pixels = sum(s["mask"].numel() for s in samples)
+    if scale_range[0] >= 0.5:  # windows of a 32x48 crop at scales >= 0.5: far from 61x97 each
+        assert cut_pixels < 6 * 61 * 97 * 0.8

@@ -10,8 +10,8 @@ model consumes (``--gpu-rate IMG_PER_S`` says which worker counts do).
 
 ``--prepared`` also converts the PNGs with :mod:`cgnet.data.prepare` and measures, in the same run, the
 read cost per image and the DataLoaders over the prepared data. ``--augment-on device`` (CUDA only)
-times the loaders with workers that only read, augmenting each batch on the GPU as
-``data.augment_on=device`` does.
+times the loaders with workers that read, draw and cut each crop's source window, the GPU warping
+and colouring each batch, as ``data.augment_on=device`` does.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cgnet.config import ConfigError
 from cgnet.data.collate import collate
 from cgnet.data.datamodule import CityscapesDataModule
 from cgnet.data.dataset import SegmentationDataset
-from cgnet.data.device_augment import DeviceAugment
+from cgnet.data.device_augment import DeviceAugment, WindowCut, params_from_batch
 from cgnet.data.io import map_label, read_image, read_label_raw
 from cgnet.data.prepared import PreparedSplit
 from cgnet.data.synthetic import generate_cityscapes
@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--augment-on",
         choices=("cpu", "device"),
         default="cpu",
-        help="device: workers only read; the batch is augmented on the GPU (needs CUDA)",
+        help="device: workers read and cut each crop's window; the GPU warps it (needs CUDA)",
     )
     parser.add_argument(
         "--gpu-rate",
@@ -148,12 +148,19 @@ def loader_throughput(
     return seen / (time.perf_counter() - start)
 
 
+def window_cut(datamodule: CityscapesDataModule) -> WindowCut:
+    """augment_on=device's worker half, as the DataModule builds it (reseeded per worker)."""
+    return WindowCut(DeviceAugment(**datamodule.augmentation(), seed=0))
+
+
 def _consume(batch: dict[str, Any], device_augment: DeviceAugment | None) -> int:
-    """A batch as training takes it: with device augmentation, moved to the GPU and augmented there."""
+    """A batch as training takes it: with device augmentation, the workers' windows moved to the
+    GPU and warped there as the DataModule's transfer hooks do."""
     if device_augment is not None:
+        sizes, params = params_from_batch(batch["augment"])
         image = batch["image"].to("cuda", non_blocking=True)
         mask = batch["mask"].to("cuda", non_blocking=True).long()  # as on_after_batch_transfer
-        device_augment(image, mask, batch["size"].to("cuda"))
+        device_augment.apply(image, mask, sizes, params)
         torch.cuda.synchronize()
     return int(batch["image"].shape[0])
 
@@ -236,9 +243,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         assert isinstance(dataset, SegmentationDataset)
         files = len(dataset)
         device_augment = None
-        if args.augment_on == "device":  # workers only decode: the full-size images leave them
-            device_augment = DeviceAugment(**datamodule.augmentation(), seed=0)
-            dataset = SegmentationDataset(dataset.samples, dataset.luts, None)
+        if args.augment_on == "device":  # workers decode, draw and cut; the GPU warps and colours
+            device_augment = DeviceAugment(**datamodule.augmentation())
+            dataset = SegmentationDataset(dataset.samples, dataset.luts, window_cut(datamodule))
         # Repeat the few files so every measurement reads `samples` images.
         repeat = max(1, -(-args.samples * 2 // files))
         dataset.samples = dataset.samples * repeat
@@ -329,7 +336,7 @@ def measure_prepared(
     assert isinstance(png, SegmentationDataset)
     reads = read_times(png, split, max(args.samples // 2, 5))
     if device_augment is not None:
-        split.augment = None  # workers only read
+        split.augment = window_cut(datamodule)  # workers read, draw and cut
     repeated = Subset(split, list(range(len(split))) * repeat)
     rates = {
         w: loader_throughput(repeated, w, args.samples, args.batch_size, device_augment)

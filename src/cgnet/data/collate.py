@@ -54,9 +54,14 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for i, (im, m) in enumerate(zip(images, masks, strict=True)):
         image[i, : im.shape[0], : im.shape[1]] = im
         mask[i, : m.shape[0], : m.shape[1]] = m
-    return {
+    out = {
         "image": image.permute(0, 3, 1, 2),
         "mask": mask,
         "id": [s["id"] for s in samples],
         "size": sizes,
     }
+    if "augment" in samples[0]:  # augment_on=device: what each worker drew, finished on the device
+        out["augment"] = {
+            k: torch.stack([s["augment"][k] for s in samples]) for k in samples[0]["augment"]
+        }
+    return out

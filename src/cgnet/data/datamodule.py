@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cgnet.data.collate import collate
 from cgnet.data.dataset import SegmentationDataset
-from cgnet.data.device_augment import DeviceAugment
+from cgnet.data.device_augment import DeviceAugment, WindowCut, params_from_batch
 from cgnet.data.errors import DataError
 from cgnet.data.labels import (
     CAMVID,
@@ -47,7 +48,7 @@ from cgnet.data.prepared import PreparedData, PreparedSplit
 from cgnet.data.prepared_format import SplitEntry
 from cgnet.data.transforms import build_train_transform
 from cgnet.data.weights import computed_class_weights, weights_from_counts
-from cgnet.data.workers import RANK_STRIDE, process_rank, seed_worker
+from cgnet.data.workers import process_rank, seed_worker
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD
 
 ClassWeights = Literal["none", "published", "computed"]
@@ -133,6 +134,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.augment_on = augment_on
         self.device_augment: DeviceAugment | None = None
+        self._augment_params: dict[str, torch.Tensor] | None = None
         self.prepared = prepared
         self._prepared: PreparedData | None = None
         self._stream: Any = None  # the training StreamingDataLoader (prepared data)
@@ -221,9 +223,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         }
 
     def _dataset(self, stage: str) -> Dataset[dict[str, Any]]:
-        transform = None
+        transform: A.Compose | WindowCut | None = None
         if stage == "train" and self.augment_on == "cpu":
             transform = build_train_transform(**self.augmentation())
+        elif stage == "train":  # device: workers draw and cut each crop's window, the device warps
+            transform = WindowCut(DeviceAugment(**self.augmentation()))
         if self.prepared:
             return PreparedSplit(self.prepared_data(), self.prepared_entry(stage), transform)
         return SegmentationDataset(self.samples(stage), self.label_luts, transform)
@@ -277,11 +281,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         # shuffle orders and worker seeds (a resumed run rebuilds its loaders at another moment).
         dataset.reseed(torch.initial_seed() + process_rank())
         if self.augment_on == "device" and self.device_augment is None:
-            # Built here, after the run's seed_everything, so the device stream follows the seed;
-            # once, so loaders rebuilt every epoch continue the stream instead of replaying it.
-            self.device_augment = DeviceAugment(
-                **self.augmentation(), seed=torch.initial_seed() + RANK_STRIDE * process_rank()
-            )
+            # the device half: it only applies what the workers drew (their streams follow the
+            # run's seed through dataset.reseed, as the CPU pipeline's do)
+            self.device_augment = DeviceAugment(**self.augmentation())
         if len(dataset) < self.batch_size:
             raise DataError(
                 f"the training split has {len(dataset)} image(s), fewer than data.batch_size="
@@ -331,18 +333,28 @@ class SegmentationDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._stream_state = state_dict.get("prepared_train_stream")
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """augment_on=device: the parameters the workers drew stay on the host (the warps index
+        with them there), so the transfer moves pixels only and reading them costs no sync."""
+        if isinstance(batch, dict) and "augment" in batch:
+            batch = dict(batch)
+            self._augment_params = batch.pop("augment")
+        return batch
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Masks become int64 (the loss's index type) once on the device: they travel as uint8.
-        With augment_on=device, also scale/crop/flip/photometric the full-size training batch where
-        it now lives (the accelerator), so the loader workers only decode."""
+        With augment_on=device, also warp (scale, crop, flip) and colour each training window where
+        it now lives (the accelerator), as the workers drew it."""
         if isinstance(batch, dict) and isinstance(batch.get("mask"), torch.Tensor):
             batch = {**batch, "mask": batch["mask"].long()}
-        trainer = self.trainer
-        if self.device_augment is None or trainer is None or not trainer.training:
+        params = batch.pop("augment", None) if isinstance(batch, dict) else None
+        params, self._augment_params = params or self._augment_params, None
+        if self.device_augment is None or params is None:
             return batch
-        image, mask = self.device_augment(batch["image"], batch["mask"], batch["size"])
-        sizes = torch.tensor([self.crop_size] * len(image), dtype=torch.int64, device=image.device)
-        return {**batch, "image": image, "mask": mask, "size": sizes}
+        sizes, drawn = params_from_batch(params)
+        image, mask = self.device_augment.apply(batch["image"], batch["mask"], sizes, drawn)
+        crops = torch.tensor([self.crop_size] * len(image), dtype=torch.int64, device=image.device)
+        return {**batch, "image": image, "mask": mask, "size": crops}
 
     def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.dataset("val"), self.val_batch_size)

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cgnet.data.device_augment import WindowCut
 from cgnet.data.io import check_same_size, empty_label, read_image, read_label
 from cgnet.data.layout import Sample
-from cgnet.data.transforms import reseed
+from cgnet.data.transforms import augment_sample, reseed
 
 
 class SegmentationDataset(Dataset[dict[str, Any]]):
@@ -27,7 +28,7 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
         self,
         samples: Sequence[Sample],
         luts: Mapping[str, np.ndarray],
-        transform: A.Compose | None = None,
+        transform: A.Compose | WindowCut | None = None,
     ) -> None:
         self.samples = list(samples)
         self.luts = dict(luts)
@@ -48,13 +49,14 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.load(index)
+        extra: dict[str, Any] = {}
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+            image, mask, extra = augment_sample(self.transform, image, mask)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
             "mask": torch.from_numpy(np.ascontiguousarray(mask)),
             "id": self.samples[index].id,
+            **extra,
         }
 
     def reseed(self, seed: int) -> None:

@@ -39,6 +39,8 @@ class Window(NamedTuple):
     scaled: torch.Tensor  # int64 [B, 2]
     offsets: torch.Tensor  # int64 [B, 2]
     flips: torch.Tensor  # bool [B]
+    # int64 [B, 2]: where each sample's image starts in the source (a worker's cut), or None
+    origins: torch.Tensor | None = None
 
 
 @dataclass
@@ -52,6 +54,7 @@ class AugmentParams:
     luts: torch.Tensor | None = None  # uint8 [B, 3, 256]: brightness/contrast before HSV, hue, sat
     post_luts: torch.Tensor | None = None  # uint8 [B, 256]: contrast after HSV
     hsv: torch.Tensor | None = None  # bool [B]: whether the HSV steps run
+    origins: torch.Tensor | None = None  # int64 [B, 2]: top-left of a worker's cut in the source
 
 
 class DeviceAugment:
@@ -225,7 +228,9 @@ class DeviceAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The deterministic part: warp to the crop, fill the overhang, flip, colour."""
         sizes = sizes.cpu().to(torch.int64)
-        window = Window(sizes, params.scales, params.scaled, params.offsets, params.flips)
+        window = Window(
+            sizes, params.scales, params.scaled, params.offsets, params.flips, params.origins
+        )
         out_mask = self.warp_mask(mask, window)
         out_image = self.warp_image(image, window)
         if params.luts is not None:
@@ -235,7 +240,7 @@ class DeviceAugment:
     def _axes(self, window: Window) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per axis: the float64 source coordinate [B, n] (clamped: replicated edges) and whether
         each output position lies inside the scaled image [B, n]; flipped samples reverse x."""
-        sizes, scales, scaled, offsets, flips = window
+        sizes, scales, scaled, offsets, flips, _ = window
         axes = []
         for axis, length in enumerate(self.crop_size):
             dst = torch.arange(length, dtype=torch.float64)[None, :]
@@ -249,12 +254,30 @@ class DeviceAugment:
             axes.append((src, inside))
         return axes
 
+    def source_bounds(self, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample, the first and the last source (row, col) the warps read: int64 [B, 2] each.
+
+        Bilinear reads floor(src) and the next pixel, nearest floor(src + 0.5): both lie in
+        [floor(min src), floor(max src) + 1], clipped to the image.
+        """
+        (ys, _), (xs, _) = self._axes(window)
+        lo = torch.stack([ys.min(1).values, xs.min(1).values], 1).floor().to(torch.int64)
+        hi = torch.stack([ys.max(1).values, xs.max(1).values], 1).floor().to(torch.int64) + 1
+        return lo, torch.minimum(hi, window.sizes - 1)
+
+    @staticmethod
+    def _local(index: torch.Tensor, window: Window, axis: int) -> torch.Tensor:
+        """Source indices [B, n] relative to each sample's cut (unchanged for whole images)."""
+        if window.origins is None:
+            return index
+        return index - window.origins[:, axis : axis + 1].to(torch.int64)
+
     def warp_mask(self, mask: torch.Tensor, window: Window) -> torch.Tensor:
         """Nearest neighbour (cv2's rounding, floor(src + 0.5)): labels stay labels."""
         (ys, y_in), (xs, x_in) = self._axes(window)
         device = mask.device
-        rows = torch.floor(ys + 0.5).to(torch.int64).to(device)
-        cols = torch.floor(xs + 0.5).to(torch.int64).to(device)
+        rows = self._local(torch.floor(ys + 0.5).to(torch.int64), window, 0).to(device)
+        cols = self._local(torch.floor(xs + 0.5).to(torch.int64), window, 1).to(device)
         batch = torch.arange(len(mask), device=device)[:, None, None]
         out = mask[batch, rows[:, :, None], cols[:, None, :]]
         inside = (y_in[:, :, None] & x_in[:, None, :]).to(device)
@@ -274,7 +297,8 @@ class DeviceAugment:
         wx = (xs - x0).to(torch.float32).to(device)[:, :, None]
         y0, x0 = y0.to(torch.int64), x0.to(torch.int64)
         y1, x1 = torch.minimum(y0 + 1, heights - 1), torch.minimum(x0 + 1, widths - 1)
-        y0, y1, x0, x1 = (t.to(device) for t in (y0, y1, x0, x1))
+        y0, y1 = (self._local(t, window, 0).to(device) for t in (y0, y1))
+        x0, x1 = (self._local(t, window, 1).to(device) for t in (x0, x1))
         top = hwc[batch[:, None], y0].to(torch.float32)  # [B, ch, W, 3]
         bottom = hwc[batch[:, None], y1].to(torch.float32)
         rows = top + (bottom - top) * wy
@@ -302,6 +326,53 @@ class DeviceAugment:
             out = torch.where(params.hsv.to(device)[:, None, None, None], converted, out)
         out = _lookup(params.post_luts.to(device).to(torch.int64), out)
         return out.to(torch.uint8).permute(0, 3, 1, 2)
+
+
+# AugmentParams fields a worker hands over per sample (`collate` stacks them into [B, ...]).
+_PARAM_FIELDS = ("scales", "scaled", "offsets", "flips", "origins", "luts", "post_luts", "hsv")
+
+
+class WindowCut:
+    """`augment_on=device`, worker side: draw one sample's augmentation and cut out the source pixels
+    its crop reads, so a window (about the crop's size divided by the scale) crosses the worker queue
+    and the host-to-device copy instead of the whole image (a 2048x1024 frame is 8.4 MB with its
+    mask; a 680x680 crop's window at the recipe's scales about 2 MB on average).
+
+    Called like an albumentations pipeline (``cut(image=..., mask=...)`` on HWC uint8 arrays); the
+    sample gains an ``augment`` dict of tensors that :meth:`DeviceAugment.apply` (through
+    :func:`params_from_batch`) finishes on the device. Draws use the wrapped DeviceAugment's
+    generator, reseeded per DataLoader worker like the CPU path's pipeline.
+    """
+
+    def __init__(self, augment: DeviceAugment) -> None:
+        self.augment = augment
+
+    def reseed(self, seed: int | None) -> None:
+        self.augment.reseed(seed)
+
+    def __call__(self, *, image: np.ndarray, mask: np.ndarray) -> dict[str, object]:
+        sizes = torch.tensor([mask.shape[:2]], dtype=torch.int64)
+        params = self.augment.draw(torch.from_numpy(np.ascontiguousarray(mask))[None], sizes)
+        window = Window(sizes, params.scales, params.scaled, params.offsets, params.flips)
+        lo, hi = self.augment.source_bounds(window)
+        (y0, x0), (y1, x1) = lo[0].tolist(), hi[0].tolist()
+        params.origins = lo
+        augment = {"sizes": sizes[0]}
+        for name in _PARAM_FIELDS:
+            value = getattr(params, name)
+            if value is not None:
+                augment[name] = value[0]
+        return {
+            "image": image[y0 : y1 + 1, x0 : x1 + 1],
+            "mask": mask[y0 : y1 + 1, x0 : x1 + 1],
+            "augment": augment,
+        }
+
+
+def params_from_batch(augment: dict[str, torch.Tensor]) -> tuple[torch.Tensor, AugmentParams]:
+    """The full (H, W) of each sample and its drawn parameters, from a collated ``augment`` dict."""
+    fields = {name: augment[name].cpu() for name in _PARAM_FIELDS if name in augment}
+    return augment["sizes"].cpu(), AugmentParams(**fields)
 
 
 def _clip_floor(values: np.ndarray) -> np.ndarray:

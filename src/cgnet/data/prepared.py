@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cgnet.data.cache import cache_dir
+from cgnet.data.device_augment import WindowCut
 from cgnet.data.errors import DataError
 from cgnet.data.prepared_format import (
     INDEX,
@@ -33,7 +34,7 @@ from cgnet.data.prepared_format import (
     find_entry,
     luts_hash,
 )
-from cgnet.data.transforms import reseed
+from cgnet.data.transforms import augment_sample, reseed
 
 if TYPE_CHECKING:
     from cgnet.data.prepared_stream import PreparedStreamingDataset
@@ -155,18 +156,19 @@ class PreparedData:
         return Dir(path=str(cache), url=_join(self.location, entry.folder))
 
 
-def to_sample(item: Mapping[str, Any], augment: A.Compose | None) -> dict[str, Any]:
+def to_sample(item: Mapping[str, Any], augment: A.Compose | WindowCut | None) -> dict[str, Any]:
     """A stored item as SegmentationDataset returns it: `image` uint8 [3, H, W], `mask` uint8, `id`."""
     image, mask = item["image"], item["mask"]
+    extra: dict[str, Any] = {}
     if augment is not None:
-        out = augment(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
+        image, mask, extra = augment_sample(augment, image, mask)
     if not image.flags.writeable:  # a view of the chunk: the batch copies it anyway
         image, mask = np.array(image), np.array(mask)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
         "mask": torch.from_numpy(np.ascontiguousarray(mask)),
         "id": item["id"],
+        **extra,
     }
 
 
@@ -175,7 +177,7 @@ class PreparedSplit(Dataset[dict[str, Any]]):
     stream). Each process opens its own reader on first use, so forked workers never share one."""
 
     def __init__(
-        self, data: PreparedData, entry: SplitEntry, augment: A.Compose | None = None
+        self, data: PreparedData, entry: SplitEntry, augment: A.Compose | WindowCut | None = None
     ) -> None:
         self.data, self.entry, self.augment = data, entry, augment
         self._reader: PreparedStreamingDataset | None = None

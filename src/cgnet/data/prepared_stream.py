@@ -8,6 +8,7 @@ from typing import Any
 import albumentations as A
 from litdata import StreamingDataset
 
+from cgnet.data.device_augment import WindowCut
 from cgnet.data.prepared import to_sample
 from cgnet.data.transforms import reseed
 
@@ -16,7 +17,7 @@ class PreparedStreamingDataset(StreamingDataset):
     """A StreamingDataset yielding cgnet samples, augmented by the same albumentations pipeline as the
     PNG path (``augment``: litdata's own ``transform`` attribute has other semantics)."""
 
-    augment: A.Compose | None = None
+    augment: A.Compose | WindowCut | None = None
 
     def get_raw(self, index: Any) -> Mapping[str, Any]:
         """The stored item: `image`, `mask`, `id`, `height`, `width`."""

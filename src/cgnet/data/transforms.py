@@ -275,11 +275,25 @@ def build_train_transform(
     return compose
 
 
-def reseed(compose: A.Compose, seed: int | None) -> None:
+def reseed(compose: Any, seed: int | None) -> None:
     """Give the whole pipeline one fresh random stream.
 
     Compose.set_random_seed(seed) would hand every transform its own generator seeded with the same
     value, so e.g. the flip coin and the scale draw would be the same number; sharing one generator
-    (as Compose.set_random_state does) keeps them independent.
+    (as Compose.set_random_state does) keeps them independent. Other pipelines (augment_on=device's
+    worker half) reseed themselves.
     """
-    compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    if isinstance(compose, A.Compose):
+        compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    else:
+        compose.reseed(seed)
+
+
+def augment_sample(
+    pipeline: Any, image: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Run a training pipeline on one HWC image and its mask: the new pair, plus the ``augment``
+    parameters a device-side pipeline left for the accelerator (empty for albumentations')."""
+    out = pipeline(image=image, mask=mask)
+    extra = {"augment": out["augment"]} if "augment" in out else {}
+    return out["image"], out["mask"], extra
