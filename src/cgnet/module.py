@@ -161,18 +161,17 @@ class SegmentationModule(pl.LightningModule):
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         bad = ~torch.isfinite(loss.detach())
-        if (
-            self.nonfinite.every == 1
-        ):  # read at once: the batch can still be dropped before backward
+        if self.nonfinite.every == 1:
+            # read at once (a host sync): the batch can still be dropped before backward
             if bad.item():
                 self._nonfinite(f"training loss {loss.item()}")
                 return None
-        else:  # no host sync: recorded now, read every N steps (on_train_batch_end)
+        else:
+            # no host sync: recorded now, read every N steps (on_train_batch_end); a skipped
+            # batch's gradients are zeroed in on_before_optimizer_step
             self.nonfinite.record(bad, self.global_step, "loss", ids)
             if self.hparams.on_nonfinite == "skip":
-                loss = torch.where(
-                    bad, torch.zeros_like(loss), loss
-                )  # the gradients are zeroed too
+                loss = torch.where(bad, torch.zeros_like(loss), loss)
         self.log(
             "train/loss_epoch",
             loss,
@@ -189,7 +188,8 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def _logging_step(self) -> bool:
-        """Whether the trainer writes this step's logs (every ``trainer.log_every_n_steps``)."""
+        """Whether the trainer writes this step's logs (every ``trainer.log_every_n_steps``): the
+        logger connector's own test, so the values logged here are the ones it writes."""
         return bool(self.trainer._logger_connector.should_update_logs)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
