@@ -301,18 +301,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         # Shuffled from the run's seed: a resumed run rebuilds the same epoch orders.
         dataset = split.streaming(shuffle=True, drop_last=True, seed=torch.initial_seed() % 2**31)
         dataset.reseed(torch.initial_seed() + process_rank())
-        workers = self.num_workers
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        loader = StreamingDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=pin,
-            persistent_workers=self.persistent_workers and workers > 0,
-            worker_init_fn=seed_worker,
-            prefetch_factor=2 if workers > 0 else None,
-        )
+        loader = StreamingDataLoader(dataset, batch_size=self.batch_size, **self._loader_options())
         if self._stream_state is not None:
             loader.load_state_dict(self._stream_state)
             self._stream_state = None
@@ -378,20 +367,26 @@ class SegmentationDataModule(pl.LightningDataModule):
         shuffle: bool = False,
         drop_last: bool = False,
     ) -> DataLoader[dict[str, Any]]:
-        workers = self.num_workers
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=pin,
-            persistent_workers=self.persistent_workers and workers > 0,
-            worker_init_fn=seed_worker,
-            prefetch_factor=2 if workers > 0 else None,
+            **self._loader_options(),
         )
+
+    def _loader_options(self) -> dict[str, Any]:
+        """What every loader shares: workers seeded per rank, collate, pinned memory on CUDA."""
+        workers = self.num_workers
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return {
+            "num_workers": workers,
+            "collate_fn": collate,
+            "pin_memory": pin,
+            "persistent_workers": self.persistent_workers and workers > 0,
+            "worker_init_fn": seed_worker,
+            "prefetch_factor": 2 if workers > 0 else None,
+        }
 
     # --- loss weights ---------------------------------------------------------------------
 
