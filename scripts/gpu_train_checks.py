@@ -62,6 +62,7 @@ RUNS: dict[str, list[str]] = {
     # the project's logging interval (every 10 steps): host syncs counted in steps 60..99
     "sync_probe": ["trainer.log_every_n_steps=10", "trainer.max_steps=100"],
     "compile_bf16": ["module.compile=true"],
+    "compile_graphs_bf16": ["module.compile=true", "module.compile_mode=reduce-overhead"],
 }
 
 

@@ -59,9 +59,19 @@ class _NoLen(torch.nn.Module):
         return self.net(x)
 
 
-def test_compile_runs_the_compiled_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch, "compile", lambda net, **_: _NoLen(net))
-    module = SegmentationModule(3, model={"M": 1, "N": 1}, compile=True)
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compile_runs_the_compiled_network(
+    mode: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modes: list[str | None] = []
+
+    def fake_compile(net: torch.nn.Module, mode: str | None = None) -> _NoLen:
+        modes.append(mode)
+        return _NoLen(net)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    module = SegmentationModule(3, model={"M": 1, "N": 1}, compile=True, compile_mode=mode)
     logits = module(channels_last_batch())
     assert logits.shape == (2, 3, 24, 32)
     assert isinstance(module._compiled, _NoLen) and module._compiled.calls == 1
+    assert modes == [mode]

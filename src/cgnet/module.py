@@ -23,6 +23,8 @@ from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 # How often a GPU run reads its device-side non-finite flags (each read is one host sync).
 GPU_NONFINITE_CHECK_EVERY = 50
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -63,6 +65,9 @@ class SegmentationModule(pl.LightningModule):
         space_to_batch: train f_sur's dilated convolutions on the CPU in their space-to-batch
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
         compile: wrap the network's forward in ``torch.compile``.
+        compile_mode: ``torch.compile``'s mode: None (default), ``reduce-overhead`` (CUDA graphs of the
+            forward and backward: a fixed crop and batch make training's shapes static, and the step is
+            launch-bound on large GPUs), ``max-autotune-no-cudagraphs`` or ``max-autotune``.
         on_nonfinite: what a NaN/inf loss does: ``raise`` stops training, ``skip`` drops the batch.
         nonfinite_check_every: read the device-side NaN/inf flags every N steps (one host sync
             each); None: every step on the CPU, every 50 on GPUs, so a GPU step never waits.
@@ -86,6 +91,7 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool | None = None,
         space_to_batch: bool = True,
         compile: bool = False,
+        compile_mode: CompileMode | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
         nonfinite_check_every: int | None = None,
         data: Mapping[str, Any] | None = None,
@@ -135,7 +141,7 @@ class SegmentationModule(pl.LightningModule):
         """Logits [B, C, H, W] for a uint8 (or already float) RGB batch."""
         x = self.normalize(images)
         if self.hparams.compile and self._compiled is None:
-            self._compiled = torch.compile(self.net)
+            self._compiled = torch.compile(self.net, mode=self.hparams.get("compile_mode"))
         # `is None`, not `or`: a compiled module refuses truth tests (it has no len())
         net = self.net if self._compiled is None else self._compiled
         return net(x)
