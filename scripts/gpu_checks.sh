@@ -57,7 +57,7 @@ step training 45 python3 -m cgnet.benchmark device=cuda isolate=false num_classe
     'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
     'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
     train_throughput.warmup=5 output="$OUT/training.json"
-step train 130 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
+step train 150 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
 step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
     --batch-size 16 --images 16 --samples 64 --workers 1 15 --gpu-rate 1500 \
     --json "$OUT/data.json"
