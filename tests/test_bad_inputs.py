@@ -40,6 +40,13 @@ CASES: list[tuple[str, str, str]] = [
     ("cgnet.eval", "ckpt_path={weights} +tta.flipp=true", "did you mean 'tta.flip'?"),
     ("cgnet.eval", "ckpt_path={weights} tta.scales=[0]", "tta.scales"),
     ("cgnet.eval", "ckpt_path={weights} fast=maybe", "fast"),
+    ("cgnet.eval", "ckpt_path={weights} precision=fp8", "precision"),
+    (
+        "cgnet.eval",
+        "ckpt_path={weights} device=cpu precision=fp16",
+        "precision=fp16: half precision",
+    ),
+    ("cgnet.predict", "ckpt_path={weights} device=cpu precision=bf16", "precision=bf16"),
     ("cgnet.eval", "ckpt_path={weights} data=camvid", "data.root"),
     ("cgnet.predict", "ckpt_path={weights} input={missing}", "missing.ckpt"),
     ("cgnet.predict", "ckpt_path={weights} formats=[jpeg]", "formats"),

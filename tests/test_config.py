@@ -50,3 +50,32 @@ def test_wrong_type_names_the_key_and_the_expected_type() -> None:
 
 def test_valid_arguments_pass() -> None:
     check_arguments({"M": 3, "N": 21, "widths": [32, 64, 128], "dropout": 0}, CGNet, "model")
+
+
+def test_every_command_schema_resolves_its_type_hints() -> None:
+    """A hint that does not resolve where the dataclass lives turns every type check of that command
+    off without a word (keys are still checked): each schema's hints must resolve."""
+    import typing
+
+    from cgnet.benchmark.settings import BenchmarkSettings, TrainThroughputSettings
+    from cgnet.data.check import CheckSettings
+    from cgnet.data.prepare import PrepareSettings
+    from cgnet.data.synthetic import SyntheticSettings
+    from cgnet.eval import EvalSettings
+    from cgnet.export import ExportSettings
+    from cgnet.models.summary import SummarySettings
+    from cgnet.predict import PredictSettings
+
+    for schema in (
+        BenchmarkSettings,
+        TrainThroughputSettings,
+        CheckSettings,
+        PrepareSettings,
+        SyntheticSettings,
+        EvalSettings,
+        ExportSettings,
+        SummarySettings,
+        PredictSettings,
+    ):
+        hints = typing.get_type_hints(schema.__init__)
+        assert hints, schema

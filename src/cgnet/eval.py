@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "images": count,
         "tta": plain(cfg.tta),
         "fast": bool(cfg.fast),
+        "precision": str(cfg.get("precision", "fp32")),
         "device": str(predictor.device),
     }
     doc = metrics_dict(scores, class_names, settings)

@@ -23,6 +23,7 @@ from cgnet.config import (
     check_target_node,
     plain,
 )
+from cgnet.inference.autotune import DTYPES
 from cgnet.inference.predictor import TTA, Predictor
 from cgnet.models import CGNet
 from cgnet.runtime import pick_device
@@ -37,6 +38,8 @@ class TestTimeSettings:
     split: str
     device: str
     fast: bool
+    precision: str = "fp32"  # checked against DTYPES below (a Literal alias would not resolve in
+    # the modules that subclass this schema)
     tta: dict[str, Any]
     trust_checkpoint: bool
 
@@ -52,7 +55,15 @@ def check_test_time(cfg: DictConfig, schema: type[TestTimeSettings]) -> None:
     TTA.from_config(plain(cfg.tta))
     check_arguments(plain(cfg.model), CGNet, "model", skip=("num_classes",))
     check_target_node(cfg.data, "data")
-    pick_device(cfg.device)
+    device = pick_device(cfg.device)
+    precision = cfg.get("precision", "fp32")
+    if precision not in DTYPES:
+        raise ConfigError(f"precision: expected one of {' | '.join(DTYPES)}, got {precision!r}")
+    if precision != "fp32" and (device.type != "cuda" or not cfg.fast):
+        raise ConfigError(
+            f"precision={precision}: half precision runs on CUDA through the fast path "
+            f"(device={device.type}, fast={cfg.fast}); use precision=fp32"
+        )
 
 
 def command_line_overrides() -> list[str]:
@@ -125,6 +136,7 @@ def build_predictor(cfg: DictConfig, loaded: LoadedNetwork, datamodule: Any) -> 
         device=pick_device(cfg.device),
         tta=TTA.from_config(plain(cfg.tta)),
         fast=cfg.fast,
+        precision=cfg.get("precision", "fp32"),
     )
 
 

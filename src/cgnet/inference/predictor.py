@@ -14,7 +14,7 @@ import torch
 
 from cgnet.checkpoint import LoadedNetwork
 from cgnet.errors import ConfigError
-from cgnet.inference.autotune import tuned
+from cgnet.inference.autotune import Precision, tuned
 from cgnet.inference.tta import predict_logits
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
@@ -71,12 +71,13 @@ class Predictor:
         std: Sequence[float] = OFFICIAL_STD,
         tta: TTA = TTA(),
         fast: bool = True,
+        precision: Precision = "fp32",
     ) -> None:
         self.num_classes = loaded.net.num_classes
         self.device = device
         self.tta = tta
         net = loaded.net.to(device).eval()
-        self.net = tuned(net, device) if fast else net
+        self.net = tuned(net, device, precision) if fast else net
         self.normalize = Normalize(loaded.mean or mean, loaded.std or std).to(device)
 
     @torch.inference_mode()
