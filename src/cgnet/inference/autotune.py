@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cgnet.inference.fast import _CudaGraphs, fold_network, optimize
+from cgnet.inference.fast import optimize
 from cgnet.models.cgnet import CGNet
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -79,34 +79,18 @@ def candidates(
     return forms
 
 
-class _Cast(nn.Module):
-    """Runs a half-precision network on float input and returns float32 logits."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.net = net.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.to(self.dtype)).float()
-
-
 def build(model: CGNet, form: Candidate, device: torch.device) -> nn.Module:
     """The module for one candidate form (its own copy of the weights)."""
     if not form.folded:
         return _Eager(model, device)
-    if form.precision == "fp32":
-        return optimize(
-            model,
-            device=device,
-            channels_last=form.channels_last,
-            cuda_graphs=form.cuda_graphs,
-            kernels=form.kernels,
-        )
-    fmt = torch.channels_last if form.channels_last else torch.contiguous_format
-    net = fold_network(model).use_kernels(form.kernels).to(device).to_memory_format(fmt)
-    runner: nn.Module = _Cast(net, DTYPES[form.precision])
-    return _CudaGraphs(runner) if form.cuda_graphs else runner
+    return optimize(
+        model,
+        device=device,
+        channels_last=form.channels_last,
+        cuda_graphs=form.cuda_graphs,
+        kernels=form.kernels,
+        dtype=DTYPES[form.precision],
+    )
 
 
 class _Eager(nn.Module):
