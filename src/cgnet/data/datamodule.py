@@ -227,7 +227,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage == "train" and self.augment_on == "cpu":
             transform = build_train_transform(**self.augmentation())
         elif stage == "train":  # device: workers draw and cut each crop's window, the device warps
-            transform = WindowCut(DeviceAugment(**self.augmentation()))
+            # it with the same object's apply (workers draw from their reseeded copies)
+            self.device_augment = DeviceAugment(**self.augmentation())
+            transform = WindowCut(self.device_augment)
         if self.prepared:
             return PreparedSplit(self.prepared_data(), self.prepared_entry(stage), transform)
         return SegmentationDataset(self.samples(stage), self.label_luts, transform)
@@ -280,10 +282,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         # than drawing from the global RNG, so building a loader never shifts the stream that picks
         # shuffle orders and worker seeds (a resumed run rebuilds its loaders at another moment).
         dataset.reseed(torch.initial_seed() + process_rank())
-        if self.augment_on == "device" and self.device_augment is None:
-            # the device half: it only applies what the workers drew (their streams follow the
-            # run's seed through dataset.reseed, as the CPU pipeline's do)
-            self.device_augment = DeviceAugment(**self.augmentation())
         if len(dataset) < self.batch_size:
             raise DataError(
                 f"the training split has {len(dataset)} image(s), fewer than data.batch_size="

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cgnet.data.labels import IGNORE_INDEX
-from cgnet.data.transforms import MAX_CAT_TRIES, scale_choices
+from cgnet.data.transforms import MAX_CAT_TRIES, clip_floor, scale_choices
 
 HSV_SHIFT = 12  # OpenCV's fixed-point precision for uint8 RGB -> HSV
 # OpenCV's division tables for uint8 RGB -> HSV (hue range 180).
@@ -197,17 +197,17 @@ class DeviceAugment:
             )
             lut = values
             if brightness is not None:
-                lut = _clip_floor(lut + brightness)
+                lut = clip_floor(lut + brightness)
             if contrast is not None and contrast_first:
-                lut = _clip_floor(lut * contrast)
+                lut = clip_floor(lut * contrast)
             luts[i, 0] = lut  # row 0: the RGB table applied before HSV
             if hue is not None:
                 luts[i, 1, :180] = (values[:180] + hue) % 180
             if saturation is not None:
-                luts[i, 2] = _clip_floor(values * saturation)
+                luts[i, 2] = clip_floor(values * saturation)
             hsv[i] = saturation is not None or hue is not None
             if contrast is not None and not contrast_first:
-                post[i] = _clip_floor(values * contrast)
+                post[i] = clip_floor(values * contrast)
         params.luts = torch.from_numpy(luts.astype(np.uint8))
         params.post_luts = torch.from_numpy(post.astype(np.uint8))
         params.hsv = torch.from_numpy(hsv)
@@ -373,10 +373,6 @@ def params_from_batch(augment: dict[str, torch.Tensor]) -> tuple[torch.Tensor, A
     """The full (H, W) of each sample and its drawn parameters, from a collated ``augment`` dict."""
     fields = {name: augment[name].cpu() for name in _PARAM_FIELDS if name in augment}
     return augment["sizes"].cpu(), AugmentParams(**fields)
-
-
-def _clip_floor(values: np.ndarray) -> np.ndarray:
-    return np.floor(np.clip(values, 0, 255))
 
 
 def _class_share_ok(crop: torch.Tensor, ignore_index: int, ratio: float) -> torch.Tensor:

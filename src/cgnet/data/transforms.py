@@ -213,9 +213,9 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         values = np.arange(256, dtype=np.float32)
         lut = values
         if brightness is not None:
-            lut = _clip_floor(lut + brightness)
+            lut = clip_floor(lut + brightness)
         if contrast is not None and contrast_first:
-            lut = _clip_floor(lut * contrast)
+            lut = clip_floor(lut * contrast)
         if lut is not values:
             img = cv2.LUT(img, lut.astype(np.uint8))
         if saturation is not None or hue is not None:
@@ -224,18 +224,19 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
             if hue is not None:
                 per_channel[:180, 0] = (values[:180] + hue) % 180
             if saturation is not None:
-                per_channel[:, 1] = _clip_floor(values * saturation)
+                per_channel[:, 1] = clip_floor(values * saturation)
             hsv = cv2.LUT(hsv, per_channel.astype(np.uint8).reshape(256, 1, 3))
             img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if contrast is not None and not contrast_first:
-            img = cv2.LUT(img, _clip_floor(values * contrast).astype(np.uint8))
+            img = cv2.LUT(img, clip_floor(values * contrast).astype(np.uint8))
         return img
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
 
 
-def _clip_floor(values: np.ndarray) -> np.ndarray:
+def clip_floor(values: np.ndarray) -> np.ndarray:
+    """Float lookup-table values as the photometric steps round them: clipped to 0..255, floored."""
     return np.floor(np.clip(values, 0, 255))
 
 
