@@ -148,11 +148,6 @@ def loader_throughput(
     return seen / (time.perf_counter() - start)
 
 
-def window_cut(datamodule: CityscapesDataModule) -> WindowCut:
-    """augment_on=device's worker half, as the DataModule builds it (reseeded per worker)."""
-    return WindowCut(DeviceAugment(**datamodule.augmentation(), seed=0))
-
-
 def _consume(batch: dict[str, Any], device_augment: DeviceAugment | None) -> int:
     """A batch as training takes it: with device augmentation, the workers' windows moved to the
     GPU and warped there as the DataModule's transfer hooks do."""
@@ -244,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         files = len(dataset)
         device_augment = None
         if args.augment_on == "device":  # workers decode, draw and cut; the GPU warps and colours
-            device_augment = DeviceAugment(**datamodule.augmentation())
-            dataset = SegmentationDataset(dataset.samples, dataset.luts, window_cut(datamodule))
+            device_augment = DeviceAugment(**datamodule.augmentation(), seed=0)
+            dataset = SegmentationDataset(dataset.samples, dataset.luts, WindowCut(device_augment))
         # Repeat the few files so every measurement reads `samples` images.
         repeat = max(1, -(-args.samples * 2 // files))
         dataset.samples = dataset.samples * repeat
@@ -336,7 +331,7 @@ def measure_prepared(
     assert isinstance(png, SegmentationDataset)
     reads = read_times(png, split, max(args.samples // 2, 5))
     if device_augment is not None:
-        split.augment = window_cut(datamodule)  # workers read, draw and cut
+        split.augment = WindowCut(device_augment)  # workers read, draw and cut
     repeated = Subset(split, list(range(len(split))) * repeat)
     rates = {
         w: loader_throughput(repeated, w, args.samples, args.batch_size, device_augment)
