@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
-from torch import nn
+from torch import Tensor, nn
+
+from cgnet.models.blocks import CGBlock, CGDownBlock
 
 REPO = Path(__file__).resolve().parents[1]
 M = TypeVar("M", bound=nn.Module)
@@ -35,6 +38,35 @@ def randomize_statistics(module: M, seed: int = 1) -> M:
         elif isinstance(m, nn.PReLU):
             m.weight.data.copy_(torch.randn(m.weight.shape, generator=gen) * 0.4)
     return module.eval()
+
+
+def joint_reference(
+    y: Tensor,
+    w_loc: Tensor,
+    b_loc: Tensor,
+    w_sur: Tensor,
+    b_sur: Tensor,
+    slope: Tensor | None,
+    dilation: int,
+) -> Tensor:
+    """f_joi(cat(f_loc(y), f_sur(y))) with eager float32 ops."""
+    y = y.float()
+    c = y.shape[1]
+    loc = F.conv2d(y, w_loc, b_loc, padding=1, groups=c)
+    sur = F.conv2d(y, w_sur, b_sur, padding=dilation, dilation=dilation, groups=c)
+    joint = torch.cat([loc, sur], 1)
+    return F.relu(joint) if slope is None else F.prelu(joint, slope)
+
+
+# One of each kind of CG block the network builds, small: for the fused kernels' block tests.
+CG_BLOCKS = {
+    "cg_global": lambda: CGBlock(32, 2, 8),
+    "cg_local": lambda: CGBlock(32, 4, 8, residual="local"),
+    "cg_none_relu": lambda: CGBlock(16, 2, 4, residual="none", activation="relu"),
+    "cg_no_fglo": lambda: CGBlock(16, 4, 4, use_f_glo=False),
+    "cg_down": lambda: CGDownBlock(35, 32, 2, 8),
+    "cg_down_no_fglo": lambda: CGDownBlock(16, 16, 4, 8, use_f_glo=False),
+}
 
 
 def tiny_data_overrides(root: Path) -> list[str]:

@@ -23,15 +23,14 @@ from typing import TypeVar
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cgnet.inference
 from cgnet.inference import fold_network, optimize
 from cgnet.inference.fast import FastCGBlock, FastFGlo
 from cgnet.models import CGNet
-from cgnet.models.blocks import CGBlock, CGDownBlock, FGlo
-from helpers import randomize_statistics
+from cgnet.models.blocks import CGBlock, FGlo
+from helpers import CG_BLOCKS, joint_reference, randomize_statistics
 
 
 def _device() -> torch.device:
@@ -102,24 +101,6 @@ def close(got: Tensor, expected: Tensor, dtype: torch.dtype) -> None:
     torch.testing.assert_close(
         got.float(), expected.float(), rtol=RTOL[dtype], atol=ATOL[dtype], equal_nan=False
     )
-
-
-def joint_reference(
-    y: Tensor,
-    w_loc: Tensor,
-    b_loc: Tensor,
-    w_sur: Tensor,
-    b_sur: Tensor,
-    slope: Tensor | None,
-    dilation: int,
-) -> Tensor:
-    """f_joi(cat(f_loc(y), f_sur(y))) with eager float32 ops."""
-    y = y.float()
-    c = y.shape[1]
-    loc = F.conv2d(y, w_loc, b_loc, padding=1, groups=c)
-    sur = F.conv2d(y, w_sur, b_sur, padding=dilation, dilation=dilation, groups=c)
-    joint = torch.cat([loc, sur], 1)
-    return F.relu(joint) if slope is None else F.prelu(joint, slope)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,25 +225,16 @@ def test_cpu_tensors_need_the_interpreter(
 # FastCGBlock and FastCGNet
 # --------------------------------------------------------------------------------------------------
 
-BLOCKS = {
-    "cg_global": lambda: CGBlock(32, 2, 8),
-    "cg_local": lambda: CGBlock(32, 4, 8, residual="local"),
-    "cg_none_relu": lambda: CGBlock(16, 2, 4, residual="none", activation="relu"),
-    "cg_no_fglo": lambda: CGBlock(16, 4, 4, use_f_glo=False),
-    "cg_down": lambda: CGDownBlock(35, 32, 2, 8),
-    "cg_down_no_fglo": lambda: CGDownBlock(16, 16, 4, 8, use_f_glo=False),
-}
 
-
-@pytest.mark.parametrize("name", list(BLOCKS))
+@pytest.mark.parametrize("name", list(CG_BLOCKS))
 def test_fast_block_kernels_match_eager(kernels: ModuleType, name: str) -> None:
-    block = randomize_statistics(BLOCKS[name]())
+    block = randomize_statistics(CG_BLOCKS[name]())
     fast = FastCGBlock(block).to(DEVICE)
     channels = block.conv_in.conv.in_channels
     x = torch.randn(2, channels, 19, 23, device=DEVICE)
     with torch.no_grad():
         expected = fast(x)
-        fast.kernels = True
+        fast.kernels = "triton"
         got = fast(x)
     assert got.shape == expected.shape
     close(got, expected, torch.float32)
@@ -276,7 +248,7 @@ def test_fast_block_kernels_in_low_precision(kernels: ModuleType, dtype: torch.d
     x = torch.randn(2, 32, 13, 17, device=DEVICE).to(dtype)
     with torch.no_grad():
         expected = fast.float()(x.float())
-        fast.to(dtype).kernels = True
+        fast.to(dtype).kernels = "triton"
         got = fast(x)
     assert got.dtype == dtype
     scale = float(expected.abs().max())
@@ -299,7 +271,7 @@ def test_fast_cgnet_kernels_match_eager(kernels: ModuleType, network: CGNet) -> 
         expected = net(x)
         got = net.use_kernels()(x)
         assert all(b.kernels for b in net.modules() if isinstance(b, FastCGBlock))
-        again = net.use_kernels(False)(x)
+        again = net.use_kernels(None)(x)
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(again, expected, rtol=0, atol=0)

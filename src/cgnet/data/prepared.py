@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cgnet.data.cache import cache_dir
+from cgnet.cache import cache_dir
 from cgnet.data.device_augment import WindowCut
 from cgnet.data.errors import DataError
 from cgnet.data.prepared_format import (

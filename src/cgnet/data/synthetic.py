@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _cs_labels
 
-from cgnet.data.cache import cache_dir
+from cgnet.cache import cache_dir
 from cgnet.data.errors import DataError
 from cgnet.data.layout import cityscapes_annotation
 from cgnet.data.scene import Scene, render_street_scene
@@ -105,7 +105,7 @@ def make_settings(
 
 
 def default_root(settings: SyntheticSettings) -> Path:
-    """~/.cache/cgnet/synthetic-<layout>-<hash of the settings> (see cgnet.data.cache.cache_dir)."""
+    """~/.cache/cgnet/synthetic-<layout>-<hash of the settings> (see cgnet.cache.cache_dir)."""
     return cache_dir() / f"synthetic-{settings.layout}-{settings.digest()}"
 
 

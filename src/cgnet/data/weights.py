@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgnet.data.cache import cache_dir, write_json_atomic
+from cgnet.cache import cache_dir, write_json_atomic
 from cgnet.data.labels import DatasetInfo
 from cgnet.data.layout import Sample
 from cgnet.data.stats import iter_stats, sum_counts

@@ -5,15 +5,19 @@ same call signature (normalised float NCHW in, logits at input size out). It fol
 that sits right after a convolution into that convolution, including the f_joi BatchNorm that follows
 the f_loc / f_sur concatenation (a concat only splits channels, and both convs are depthwise), keeps
 the remaining join BatchNorms as one per-channel affine, runs channels-last, and optionally compiles.
-docs/benchmarks.md records what each step buys and why. On CUDA, ``kernels=True`` runs each CG block's
-f_loc / f_sur / f_joi / f_glo through fused Triton kernels (:mod:`cgnet.inference.kernels`).
+docs/benchmarks.md records what each step buys and why. Fused kernels take over the memory-bound
+chains: on the CPU (channels-last) each CG block's f_loc / f_sur / f_joi / concatenation / f_glo
+pooling and each join run as compiled C++ (:mod:`cgnet.inference.cpu_kernels`, used automatically
+when a compiler is at hand); on CUDA ``kernels=True`` runs the CG blocks through Triton
+(:mod:`cgnet.inference.kernels`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +28,13 @@ from cgnet.models.cgnet import CGNet
 from cgnet.models.parts import PARTS, Kind
 from cgnet.runtime import flush_denormals, reuse_cpu_memory
 
-__all__ = ["FastCGNet", "fold_network", "optimize"]
+__all__ = ["Backend", "FastCGNet", "fold_network", "optimize"]
+
+log = logging.getLogger(__name__)
+
+# Where the fused kernels come from: Triton (CUDA, or the CPU under its interpreter) or the compiled
+# C++ kernels (CPU, channels-last).
+Backend = Literal["triton", "cpu"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +89,8 @@ class FoldedConv(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = activation
 
+    kernels: Backend | None = None
+
     @classmethod
     def from_conv(
         cls,
@@ -118,7 +130,11 @@ class FoldedConv(nn.Module):
         y = F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
-        return _activate(y, self.slope) if self.activation else y
+        if not self.activation:
+            return y
+        if self.kernels == "cpu" and y.is_contiguous(memory_format=torch.channels_last):
+            return _cpu_kernels().activate_(y, self.slope)
+        return _activate(y, self.slope)
 
 
 class Join(nn.Module):
@@ -132,7 +148,11 @@ class Join(nn.Module):
         self.register_buffer("shift", shift.float().view(1, -1, 1, 1))
         self.register_buffer("slope", _slope(join.act))
 
+    kernels: Backend | None = None
+
     def forward(self, parts: list[Tensor]) -> Tensor:
+        if self.kernels == "cpu":
+            return _cpu_kernels().join(parts, self.scale, self.shift, self.slope)
         x = torch.cat(parts, 1)
         return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
 
@@ -151,7 +171,11 @@ class FastFGlo(nn.Module):
 
     def weights(self, x: Tensor) -> Tensor:
         """The per-channel gate ``[B, C, 1, 1]``."""
-        hidden = F.relu(F.linear(x.mean(dim=(2, 3)), self.w1, self.b1))
+        return self.gate(x.mean(dim=(2, 3)))
+
+    def gate(self, means: Tensor) -> Tensor:
+        """The per-channel gate ``[B, C, 1, 1]`` from the channel means ``[B, C]``."""
+        hidden = F.relu(F.linear(means, self.w1, self.b1))
         return torch.sigmoid(F.linear(hidden, self.w2, self.b2))[:, :, None, None]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,16 +189,22 @@ def _kernels() -> ModuleType:
     return kernels
 
 
+def _cpu_kernels() -> ModuleType:
+    from cgnet.inference import cpu_kernels
+
+    return cpu_kernels
+
+
 class FastCGBlock(nn.Module):
     """A CG block (or CG-Down block) with conv_in's BN folded into conv_in and f_joi's BN folded into
     f_loc and f_sur (channel-wise: the concat only stacks their channels).
 
-    With ``kernels`` set (:meth:`FastCGNet.use_kernels`), everything after conv_in except the CG-Down
-    block's 1x1 ``reduce`` runs as fused Triton kernels: f_loc + f_sur + f_joi in one pass that also
-    sums f_glo's pooling, then f_glo's gate and the residual in another.
+    With ``kernels`` set (:meth:`FastCGNet.use_kernels`), f_loc + f_sur + f_joi run in one fused pass
+    that also sums f_glo's pooling. With Triton, f_glo's gate and the residual are a second fused
+    pass; on the CPU they stay one ``addcmul``.
     """
 
-    kernels: bool = False
+    kernels: Backend | None = None
 
     def __init__(self, block: CGBlock | CGDownBlock) -> None:
         super().__init__()
@@ -189,7 +219,7 @@ class FastCGBlock(nn.Module):
         self.residual = block.residual if isinstance(block, CGBlock) else "none"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernels:
+        if self.kernels is not None:
             return self._forward_kernels(x)
         y = self.conv_in(x)
         y = _activate(torch.cat([self.f_loc(y), self.f_sur(y)], 1), self.slope)
@@ -206,8 +236,9 @@ class FastCGBlock(nn.Module):
         return y
 
     def _forward_kernels(self, x: Tensor) -> Tensor:
-        """The same block through the fused kernels (NCHW; float32, float16 or bfloat16)."""
-        kernels = _kernels()
+        """The same block through the fused kernels: Triton (NCHW; float32, float16 or bfloat16) or
+        C++ (CPU, channels-last float32)."""
+        kernels = _kernels() if self.kernels == "triton" else _cpu_kernels()
         y = self.conv_in(x)
         # f_glo pools the joint features directly only in a CG block with a global (or no) residual;
         # after CG-Down's reduce or a local residual it pools another tensor.
@@ -233,6 +264,9 @@ class FastCGBlock(nn.Module):
         else:
             scale = 1.0 / (y.shape[2] * y.shape[3])
         fglo = self.f_glo
+        if self.kernels == "cpu":  # y is this block's own buffer: gate it in place
+            gate = fglo.gate(sums * scale)
+            return torch.addcmul(x, y, gate, out=y) if self.residual == "global" else y.mul_(gate)
         gate = kernels.fglo_gate(sums, scale, fglo.w1, fglo.b1, fglo.w2, fglo.b2)
         return kernels.gate_residual(y, gate, x if self.residual == "global" else None)
 
@@ -286,18 +320,28 @@ class FastCGNet(nn.Module):
             elif part.kind not in UNFOLDED_KINDS:
                 raise TypeError(f"FastCGNet cannot fold CGNet's {part.name} ({part.kind} part)")
         self.memory_format = torch.contiguous_format
+        self.kernels: Backend | None = None
 
-    def use_kernels(self, enabled: bool = True) -> FastCGNet:
-        """Run the CG and CG-Down blocks through the fused Triton kernels (or back through eager ops).
+    def use_kernels(self, backend: Backend | None = "triton") -> FastCGNet:
+        """Run the CG blocks (and, on the CPU, the joins) through fused kernels, or (None) back
+        through torch's ops.
 
-        The kernels take NCHW tensors on CUDA, or CPU tensors under Triton's interpreter; raises
-        ImportError when triton is missing.
+        ``triton``: NCHW tensors on CUDA, or CPU tensors under Triton's interpreter; ImportError
+        without triton. ``cpu``: channels-last float32 CPU tensors; KernelBuildError when the C++
+        kernels cannot be built here (:func:`cgnet.inference.cpu_kernels.unavailable_reason`).
         """
-        if enabled:
+        if backend == "triton":
             _kernels()
-        for block in self.modules():
-            if isinstance(block, FastCGBlock):
-                block.kernels = enabled
+        elif backend == "cpu":
+            _cpu_kernels().library()
+        elif backend is not None:
+            raise ValueError(f"kernel backend must be 'triton', 'cpu' or None, got {backend!r}")
+        self.kernels = backend
+        for module in self.modules():
+            if isinstance(module, FastCGBlock):
+                module.kernels = backend
+            elif isinstance(module, (Join, FoldedConv)):
+                module.kernels = backend if backend == "cpu" else None
         return self
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:
@@ -323,6 +367,8 @@ class FastCGNet(nn.Module):
         down3 = self.stage3_down(y)
         y = self.join3([down3, self.stage3(down3)])
         logits = self.classifier(y)
+        if self.kernels == "cpu":
+            return _cpu_kernels().resize_bilinear(logits, (x.shape[-2], x.shape[-1]))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -346,6 +392,7 @@ def optimize(
     cuda_graphs: bool = False,
     reuse_memory: bool = True,
     kernels: bool = False,
+    cpu_kernels: bool | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """The fastest exact form of ``model`` for inference, called like it (float NCHW -> logits).
@@ -371,6 +418,10 @@ def optimize(
             (:meth:`FastCGNet.use_kernels`); CUDA only (or the CPU under Triton's interpreter),
             NCHW (channels_last None means False here), and not with ``compile``, which
             generates its own fused kernels.
+        cpu_kernels: run the CG blocks' f_loc / f_sur / f_joi / concatenation / f_glo pooling and
+            the joins as the fused C++ kernels (:mod:`cgnet.inference.cpu_kernels`); CPU and
+            channels-last only. None = whenever that holds, no compile is asked for and the kernels
+            build here (else torch's ops, with one log line saying why); True = required.
     """
     device = torch.device(device)
     if kernels:
@@ -395,7 +446,10 @@ def optimize(
     if channels_last is None:  # measured: 1.2x on the 2-core CPU; on an H200 NCHW is 1.7x faster
         channels_last = device.type == "cpu"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = fold_network(model).use_kernels(kernels).to(device, dtype).to_memory_format(fmt)
+    backend: Backend | None = "triton" if kernels else None
+    if _use_cpu_kernels(cpu_kernels, device=device, channels_last=channels_last, compile=compile):
+        backend = "cpu"
+    net = fold_network(model).use_kernels(backend).to(device, dtype).to_memory_format(fmt)
     runner: nn.Module = _Runner(net, bf16=bf16, dtype=dtype)
     if compile:
         if device.type == "cuda":
@@ -407,6 +461,28 @@ def optimize(
     if cuda_graphs:
         return _CudaGraphs(runner)
     return runner
+
+
+def _use_cpu_kernels(
+    wanted: bool | None, *, device: torch.device, channels_last: bool, compile: bool
+) -> bool:
+    """Whether optimize() runs the C++ kernels: ``wanted`` None decides by what holds here."""
+    if wanted is False:
+        return False
+    fits = device.type == "cpu" and channels_last and not compile
+    if wanted is None:
+        if not fits:
+            return False
+        reason = _cpu_kernels().unavailable_reason()
+        if reason is not None:
+            log.warning("fused CPU kernels unavailable (%s); using torch's ops", reason)
+        return reason is None
+    if not fits:
+        raise ValueError(
+            "cpu_kernels=True needs device='cpu', channels-last and no compile "
+            f"(got device={device}, channels_last={channels_last}, compile={compile})"
+        )
+    return True
 
 
 class _Runner(nn.Module):

@@ -1,4 +1,4 @@
-"""Where generated data and derived statistics live: one per-user cache folder."""
+"""Where generated data, derived statistics and compiled kernels live: one per-user cache folder."""
 
 from __future__ import annotations
 
