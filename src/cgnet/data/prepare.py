@@ -20,9 +20,9 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
+from cgnet.cache import write_json_atomic
 from cgnet.cli import hydra_command
 from cgnet.config import ConfigError, build_target, check_settings, check_target_node
-from cgnet.cache import write_json_atomic
 from cgnet.data.datamodule import SegmentationDataModule
 from cgnet.data.errors import DataError
 from cgnet.data.layout import Sample
