@@ -61,13 +61,15 @@ def test_defaults_are_the_documented_settings() -> None:
 
 def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    result = run(compose_benchmark(*TINY, "variants=[eager,fast,onnxruntime,bf16]", "profile=true"))
+    result = run(
+        compose_benchmark(*TINY, "variants=[eager,fast,fast_ops,onnxruntime,bf16]", "profile=true")
+    )
     assert result["model"]["parameters"] > 0
     assert set(result["model"]["multiply_adds"]) == {"64x96", "45x61"}
     rows = {(r["variant"], tuple(r["size"])): r for r in result["inference"]}
     for size in ((64, 96), (45, 61)):
         assert "needs a CUDA device" in rows[("bf16", size)]["skipped"]
-        for variant in ("eager", "fast", "onnxruntime"):
+        for variant in ("eager", "fast", "fast_ops", "onnxruntime"):
             row = rows[(variant, size)]
             assert row["max_abs_diff"] <= 1e-4 and row["argmax_agreement"] >= 0.9999
             lat = row["latency_ms"]
@@ -77,6 +79,9 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
         assert rows[("eager", size)]["speedup_over_eager"] == 1.0
         ops = [op["op"] for op in rows[("fast", size)]["profile"]]
         assert "aten::mkldnn_convolution" in ops and "aten::native_batch_norm" not in ops
+        # the fused C++ kernels replace the concatenations, and show up under their own names
+        assert "cgnet::cg_joint" in ops and "cgnet::join" in ops and "aten::cat" not in ops
+        assert "aten::cat" in [op["op"] for op in rows[("fast_ops", size)]["profile"]]
         assert "aten::native_batch_norm" in [op["op"] for op in rows[("eager", size)]["profile"]]
         assert rows[("onnxruntime", size)]["profile"] == []
     training = result["training"]
@@ -85,7 +90,7 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     assert training[0]["channels_last"] is False and training[1]["channels_last"] is False  # CPU
     assert all(r["images_per_s"] > 0 for r in training)
     profiled = [r for r in result["inference"] if r.get("profile")]
-    assert len(profiled) == 4  # eager and fast at both sizes; onnxruntime has no torch ops
+    assert len(profiled) == 6  # eager, fast, fast_ops at both sizes; onnxruntime has no torch ops
     assert len(render(result)) == 2 + len(profiled)  # inference + training, then one per profile
     markdown = render_markdown(result)
     assert "| 64x96 | fast |" in markdown and "| plain eager |" in markdown

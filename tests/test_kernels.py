@@ -23,11 +23,12 @@ from typing import TypeVar
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cgnet.inference
 from cgnet.inference import fold_network, optimize
-from cgnet.inference.fast import FastCGBlock, FastFGlo
+from cgnet.inference.fast import FastCGBlock, FastFGlo, Join
 from cgnet.models import CGNet
 from cgnet.models.blocks import CGBlock, FGlo
 from helpers import CG_BLOCKS, joint_reference, randomize_statistics
@@ -197,6 +198,22 @@ def test_gate_residual_promotes_like_addcmul(kernels: ModuleType) -> None:
     close(got, torch.addcmul(x, y.float(), gate[:, :, None, None]), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ["prelu", "relu"])
+def test_join_matches_cat_affine_activation(
+    kernels: ModuleType, dtype: torch.dtype, activation: str
+) -> None:
+    """A join's parts (here stage 2's: CG blocks, CG-Down, the 3-channel input injection)."""
+    parts = [torch.randn(2, c, 9, 14, device=DEVICE).to(dtype) for c in (16, 16, 3)]
+    scale, shift = torch.randn(35, device=DEVICE), torch.randn(35, device=DEVICE)
+    slope = torch.randn(35, device=DEVICE) * 0.4 if activation == "prelu" else None
+    joint = torch.cat([p.float() for p in parts], 1) * scale[:, None, None] + shift[:, None, None]
+    expected = F.relu(joint) if slope is None else F.prelu(joint, slope)
+    got = kernels.join(parts, scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1), slope)
+    assert got.dtype == dtype and got.shape == expected.shape
+    close(got, expected, dtype)
+
+
 def test_bad_arguments(kernels: ModuleType) -> None:
     y = torch.randn(1, 4, 5, 5, device=DEVICE)
     w3, b = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
@@ -210,6 +227,10 @@ def test_bad_arguments(kernels: ModuleType) -> None:
         kernels.gate_residual(y, torch.rand(1, 3, device=DEVICE))
     with pytest.raises(ValueError, match="do not fit"):
         kernels.fglo_gate(torch.rand(1, 4, device=DEVICE), 1.0, w3, b, w3, b)
+    with pytest.raises(ValueError, match="differ in batch or size"):
+        kernels.join([y, y[:, :, :4]], torch.rand(8, device=DEVICE), b, None)
+    with pytest.raises(ValueError, match="must have 8 channels"):
+        kernels.join([y, y], b, b, None)
 
 
 def test_cpu_tensors_need_the_interpreter(
@@ -270,7 +291,8 @@ def test_fast_cgnet_kernels_match_eager(kernels: ModuleType, network: CGNet) -> 
     with torch.no_grad():
         expected = net(x)
         got = net.use_kernels()(x)
-        assert all(b.kernels for b in net.modules() if isinstance(b, FastCGBlock))
+        fused = [m for m in net.modules() if isinstance(m, (FastCGBlock, Join))]
+        assert len(fused) == 2 + 2 + 20 + 3 and all(m.kernels == "triton" for m in fused)
         again = net.use_kernels(None)(x)
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)

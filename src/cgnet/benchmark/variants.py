@@ -35,7 +35,8 @@ VARIANT_HELP = {
     "eager": "the CGNet module as trained, NCHW, glibc's default allocator",
     "eager_reuse": "eager + cgnet.runtime.reuse_cpu_memory (isolates the allocator's share)",
     "folded": "BatchNorms folded, NCHW (isolates the folding's share)",
-    "fast": "cgnet.inference.optimize(net): folded + channels_last + heap reuse",
+    "fast": "cgnet.inference.optimize(net): folded + channels_last + heap reuse (+ the fused C++ kernels on the CPU)",
+    "fast_ops": "optimize(net, cpu_kernels=False): the fast path on torch's ops alone (isolates the kernels' share)",
     "compile": "optimize(net, compile=True): the fast path through torch.compile (freezing)",
     "onnxruntime": "the folded network exported to ONNX, run by onnxruntime",
     "cuda_graphs": "optimize(net, cuda_graphs=True) (GPU)",
@@ -114,6 +115,8 @@ def build_variant(name: str, net: CGNet, device: torch.device, workdir: Path) ->
         return tuned(net, device, precision)  # type: ignore[arg-type]
     if name == "fused":
         return optimize(net, device=device, kernels=True, cuda_graphs=True)
+    if name == "fast_ops":
+        return optimize(net, device=device, cpu_kernels=False)
     return optimize(
         net,
         device=device,

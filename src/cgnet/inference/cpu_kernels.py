@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from cgnet.cache import cache_dir
 
@@ -202,11 +203,12 @@ def cg_joint(
         raise ValueError(f"cg_joint: weights and biases must have {c} channels, like the input")
     out = torch.empty(n, 2 * c, h, w, memory_format=torch.channels_last)
     row_sums = torch.empty(n, h, 2 * c) if with_sums else None
-    library().cgnet_cg_joint(
-        y.data_ptr(), out.data_ptr(), _ptr(row_sums), loc_taps.data_ptr(), loc_bias.data_ptr(),
-        sur_taps.data_ptr(), sur_bias.data_ptr(), _ptr(slope), act, n, h, w, c, int(dilation),
-        torch.get_num_threads(),
-    )  # fmt: skip
+    with record_function("cgnet::cg_joint"):
+        library().cgnet_cg_joint(
+            y.data_ptr(), out.data_ptr(), _ptr(row_sums), loc_taps.data_ptr(), loc_bias.data_ptr(),
+            sur_taps.data_ptr(), sur_bias.data_ptr(), _ptr(slope), act, n, h, w, c, int(dilation),
+            torch.get_num_threads(),
+        )  # fmt: skip
     return out, None if row_sums is None else row_sums.sum(dim=1)
 
 
@@ -229,10 +231,11 @@ def join(parts: list[Tensor], scale: Tensor, shift: Tensor, slope: Tensor | None
     out = torch.empty(n, total, h, w, memory_format=torch.channels_last)
     pointers = (ctypes.c_void_p * len(parts))(*(p.data_ptr() for p in parts))
     counts = (ctypes.c_int64 * len(parts))(*channels)
-    library().cgnet_join(
-        pointers, counts, len(parts), out.data_ptr(), scale.data_ptr(), shift.data_ptr(),
-        _ptr(slope), act, n * h * w, total, torch.get_num_threads(),
-    )  # fmt: skip
+    with record_function("cgnet::join"):
+        library().cgnet_join(
+            pointers, counts, len(parts), out.data_ptr(), scale.data_ptr(), shift.data_ptr(),
+            _ptr(slope), act, n * h * w, total, torch.get_num_threads(),
+        )  # fmt: skip
     return out
 
 
@@ -284,8 +287,9 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     rows = torch.empty(n * c, h, out_w)
     out = torch.empty(n, c, out_h, out_w)
     taps = _resize_taps(h, w, out_h, out_w)
-    library().cgnet_resize_bilinear(
-        x.data_ptr(), rows.data_ptr(), out.data_ptr(), n * c, h, w, out_h, out_w,
-        *(t.data_ptr() for t in taps), torch.get_num_threads(),
-    )  # fmt: skip
+    with record_function("cgnet::resize_bilinear"):
+        library().cgnet_resize_bilinear(
+            x.data_ptr(), rows.data_ptr(), out.data_ptr(), n * c, h, w, out_h, out_w,
+            *(t.data_ptr() for t in taps), torch.get_num_threads(),
+        )  # fmt: skip
     return out

@@ -151,8 +151,9 @@ class Join(nn.Module):
     kernels: Backend | None = None
 
     def forward(self, parts: list[Tensor]) -> Tensor:
-        if self.kernels == "cpu":
-            return _cpu_kernels().join(parts, self.scale, self.shift, self.slope)
+        if self.kernels is not None:
+            kernels = _kernels() if self.kernels == "triton" else _cpu_kernels()
+            return kernels.join(parts, self.scale, self.shift, self.slope)
         x = torch.cat(parts, 1)
         return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
 
@@ -323,8 +324,8 @@ class FastCGNet(nn.Module):
         self.kernels: Backend | None = None
 
     def use_kernels(self, backend: Backend | None = "triton") -> FastCGNet:
-        """Run the CG blocks (and, on the CPU, the joins) through fused kernels, or (None) back
-        through torch's ops.
+        """Run the CG blocks and the joins through fused kernels, or (None) back through torch's
+        ops.
 
         ``triton``: NCHW tensors on CUDA, or CPU tensors under Triton's interpreter; ImportError
         without triton. ``cpu``: channels-last float32 CPU tensors; KernelBuildError when the C++
@@ -338,9 +339,9 @@ class FastCGNet(nn.Module):
             raise ValueError(f"kernel backend must be 'triton', 'cpu' or None, got {backend!r}")
         self.kernels = backend
         for module in self.modules():
-            if isinstance(module, FastCGBlock):
+            if isinstance(module, (FastCGBlock, Join)):
                 module.kernels = backend
-            elif isinstance(module, (Join, FoldedConv)):
+            elif isinstance(module, FoldedConv):  # in-place activations: the CPU kernels only
                 module.kernels = backend if backend == "cpu" else None
         return self
 
@@ -414,7 +415,7 @@ def optimize(
         reuse_memory: on CPU, keep freed buffers in the heap (see :func:`reuse_cpu_memory`).
         dtype: float16 / bfloat16 cast the folded network itself (CUDA only; not exact, the argmax
             moves on ~0.01-0.1% of pixels); inputs are cast on the way in, logits come back float32.
-        kernels: run the CG blocks' f_loc / f_sur / f_joi / f_glo as fused Triton kernels
+        kernels: run the CG blocks' f_loc / f_sur / f_joi / f_glo and the joins as fused Triton kernels
             (:meth:`FastCGNet.use_kernels`); CUDA only (or the CPU under Triton's interpreter),
             NCHW (channels_last None means False here), and not with ``compile``, which
             generates its own fused kernels.

@@ -11,6 +11,10 @@ gate, and the global residual. Here that work takes three launches (and a zeroed
 - :func:`fglo_gate`: f_glo's fc -> ReLU -> fc -> sigmoid on those means, one program per image;
 - :func:`gate_residual`: the channel gate and the optional residual, ``out = x + y * gate``.
 
+A join (the concatenation before each stage's BatchNorm + PReLU) is one more: :func:`join` writes
+every part's affine + activation straight into its channels of the output, instead of a
+concatenation, an affine and an activation pass over the whole output.
+
 Measured on an H200 (Cityscapes-size input, CUDA graphs), this made the whole network 1.4-1.5x faster
 in float32 and 1.5-1.7x under bfloat16 autocast; without CUDA graphs at batch 1 the extra host time
 of Triton launches ate the gain.
@@ -44,6 +48,7 @@ __all__ = [
     "check_device",
     "fglo_gate",
     "gate_residual",
+    "join",
     "time_forward",
 ]
 
@@ -368,6 +373,91 @@ def gate_residual(
         BLOCK=tile,
         HAS_RESIDUAL=x is not None,
     )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Joins: concatenation + BatchNorm + activation
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _join_part_kernel(
+    src_ptr,
+    scale_ptr,
+    shift_ptr,
+    slope_ptr,
+    out_ptr,
+    N,
+    C,
+    HW,
+    OUT_C,
+    OFFSET,
+    BLOCK: tl.constexpr,
+    HAS_SLOPE: tl.constexpr,
+):
+    # Flat over one part's B * C * H * W elements; channel c of image b lands in channel OFFSET + c.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < N
+    pixel = offs % HW
+    c = (offs // HW) % C
+    b = offs // (HW * C)
+    v = tl.load(src_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+    ch = OFFSET + c
+    v = v * tl.load(scale_ptr + ch, mask=inside, other=0.0) + tl.load(
+        shift_ptr + ch, mask=inside, other=0.0
+    )
+    if HAS_SLOPE:
+        v = tl.where(v >= 0, v, v * tl.load(slope_ptr + ch, mask=inside, other=0.0))
+    else:
+        v = tl.maximum(v, 0.0)
+    dst = out_ptr + (b * OUT_C + ch) * HW + pixel
+    tl.store(dst, v.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def join(
+    parts: list[Tensor], scale: Tensor, shift: Tensor, slope: Tensor | None, *, block: int = 1024
+) -> Tensor:
+    """``act(cat(parts, 1) * scale + shift)`` without the concatenation: each part's channels are
+    written, affine and activation applied, straight into their place in the output.
+
+    ``scale``/``shift`` are the join BatchNorm's per-channel affine, ``slope`` its PReLU (None for
+    ReLU). The output has the promoted dtype of the parts.
+    """
+    parts = [_check("join", p) for p in parts]
+    n, _, h, w = parts[0].shape
+    if any(p.shape[0] != n or p.shape[2:] != (h, w) for p in parts):
+        raise ValueError(f"join: parts differ in batch or size: {[tuple(p.shape) for p in parts]}")
+    total = sum(p.shape[1] for p in parts)
+    device = parts[0].device
+    scale, shift = (_param(t.reshape(-1), device) for t in (scale, shift))
+    if scale.numel() != total or shift.numel() != total:
+        raise ValueError(f"join: scale and shift must have {total} channels")
+    if slope is not None:
+        slope = _param(slope.reshape(-1) if slope.numel() == total else slope.expand(total), device)
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    out = torch.empty((n, total, h, w), dtype=dtype, device=device)
+    offset = 0
+    for part in parts:
+        if part.numel():
+            _, tile = _tiles(1, part.numel(), block)
+            _join_part_kernel[(triton.cdiv(part.numel(), tile),)](
+                part,
+                scale,
+                shift,
+                slope if slope is not None else scale,  # unread without slopes
+                out,
+                part.numel(),
+                part.shape[1],
+                h * w,
+                total,
+                offset,
+                BLOCK=tile,
+                HAS_SLOPE=slope is not None,
+            )
+        offset += part.shape[1]
     return out
 
 
