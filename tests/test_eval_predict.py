@@ -131,6 +131,85 @@ def test_predict_on_an_image_folder_never_overwrites_inputs(
     assert {p: p.read_bytes() for p in images.rglob("*.png")} == before
 
 
+def image_folder(root: Path, folder: Path) -> Path:
+    """Five test images, one of them smaller: batches of equal sizes break around it."""
+    folder.mkdir()
+    sources = sorted((root / "leftImg8bit" / "test").rglob("*.png"))
+    for index in range(5):
+        image = cv2.imread(str(sources[index % len(sources)]), cv2.IMREAD_COLOR)
+        if index == 3:
+            image = cv2.resize(image, (96, 48), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"frame{index}.png"), image)
+    return folder
+
+
+def test_predict_batches_and_workers_change_no_output(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, ckpt = trained
+    images = image_folder(root, tmp_path / "images")
+    outputs = {}
+    for name, loader in (
+        ("serial", ["batch_size=1", "workers=0"]),
+        ("batched", ["batch_size=2", "workers=2"]),
+    ):
+        out = tmp_path / name
+        overrides = [
+            *tiny_data_overrides(root),
+            f"ckpt_path={ckpt}",
+            f"input={images}",
+            f"output_dir={out}",
+        ]
+        cfg = compose_config(
+            "predict",
+            [*overrides, *loader, "formats=[trainids,color,overlay]", "submission=true"],
+            tmp_path / f"p-{name}",
+        )
+        summary = run_predict(cfg)
+        assert summary["count"] == 5
+        with zipfile.ZipFile(summary["submission"]) as archive:
+            assert archive.namelist() == [f"frame{i}_labelIds.png" for i in range(5)]  # input order
+        outputs[name] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.png")}
+    assert len(outputs["serial"]) == 5 * 4
+    assert outputs["batched"] == outputs["serial"]
+    small = cv2.imread(
+        str(tmp_path / "batched" / "trainids" / "frame3_trainIds.png"), cv2.IMREAD_UNCHANGED
+    )
+    assert small.shape == (48, 96)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_names_an_unreadable_input(
+    trained: tuple[Path, Path], tmp_path: Path, workers: int
+) -> None:
+    root, ckpt = trained
+    images = image_folder(root, tmp_path / "images")
+    (images / "frame2.png").write_bytes(b"not a png")
+    overrides = [
+        *tiny_data_overrides(root),
+        f"ckpt_path={ckpt}",
+        f"input={images}",
+        f"workers={workers}",
+    ]
+    with pytest.raises(ConfigError, match=r"^input: cannot read image .*frame2\.png \(unreadable"):
+        run_predict(compose_config("predict", overrides, tmp_path / "p"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=0", "batch_size: expected null or an integer >= 1, got 0"),
+        ("workers=-1", "workers: expected null or an integer >= 0, got -1"),
+    ],
+)
+def test_predict_loader_settings_are_checked(tmp_path: Path, override: str, message: str) -> None:
+    from cgnet.predict import validate
+
+    cfg = compose_config("predict", ["ckpt_path=x.ckpt", override], tmp_path / "p")
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
 def test_eval_refuses_a_checkpoint_for_other_classes(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
