@@ -63,6 +63,6 @@ step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --cr
     --json "$OUT/data.json"
 step batched 100 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabled=false \
     'variants=[eager,auto,auto_fp16,auto_bf16]' output="$OUT/batched.json"
-step kernels 35 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -n 0 -x
+step kernels 60 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -n 0 -x
 
 python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -259,3 +259,14 @@ def test_a_failed_compile_names_the_source(
     reason = cpu_kernels.unavailable_reason()
     assert reason is not None and "failed on broken.cpp" in reason
     assert not list((fresh_build / "kernels").glob("*"))
+
+
+def test_an_unwritable_cache_is_named(fresh_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = fresh_build / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("CGNET_CACHE_DIR", str(blocker))
+    reason = cpu_kernels.unavailable_reason()
+    assert reason is not None
+    assert (
+        reason.startswith(f"cannot write to {blocker / 'kernels'}") and "CGNET_CACHE_DIR" in reason
+    )

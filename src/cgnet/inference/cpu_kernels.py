@@ -91,17 +91,24 @@ def _build(compiler: str) -> Path:
     target = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cpu_kernels-", suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cpu_kernels-", suffix=".so", dir=target.parent)
+    except OSError as error:
+        raise KernelBuildError(
+            f"cannot write to {target.parent} ({error.strerror}); set CGNET_CACHE_DIR to a "
+            "writable folder"
+        ) from error
     os.close(fd)
     try:
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
-        )
+        command = [compiler, *FLAGS, str(SOURCE), "-o", tmp]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise KernelBuildError(f"{compiler} failed on {SOURCE.name}: {last}")
         os.replace(tmp, target)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {error}") from error
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
