@@ -19,7 +19,7 @@ from torch import Tensor
 from cgnet.inference import cpu_kernels, fold_network, optimize
 from cgnet.inference.fast import FastCGBlock, FoldedConv, Join
 from cgnet.models import CGNet
-from helpers import CG_BLOCKS, joint_reference, randomize_statistics
+from helpers import CG_BLOCKS, joint_reference, randomize_statistics, run_cli
 
 CL = torch.channels_last
 
@@ -270,3 +270,18 @@ def test_an_unwritable_cache_is_named(fresh_build: Path, monkeypatch: pytest.Mon
     assert (
         reason.startswith(f"cannot write to {blocker / 'kernels'}") and "CGNET_CACHE_DIR" in reason
     )
+
+
+def test_the_command_builds_ahead_of_time_or_says_why(tmp_path: Path) -> None:
+    ready = run_cli(
+        "cgnet.inference.cpu_kernels", [], tmp_path, env={"CGNET_CACHE_DIR": str(tmp_path)}
+    )
+    assert ready.returncode == 0, ready.stderr[-2000:]
+    built = list((tmp_path / "kernels").glob("cpu_kernels-*.so"))
+    assert len(built) == 1 and ready.stdout.strip() == f"fused CPU kernels ready: {built[0]}"
+
+    broken = run_cli(
+        "cgnet.inference.cpu_kernels", [], tmp_path, env={"CXX": "no-such-compiler", "PATH": ""}
+    )
+    assert broken.returncode == 2
+    assert "fused CPU kernels unavailable: no C++ compiler found" in broken.stdout + broken.stderr

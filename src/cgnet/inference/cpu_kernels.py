@@ -9,7 +9,9 @@ The C++ source ships with the package (``csrc/cpu_kernels.cpp``: no Python or to
 compiled on first use with the machine's C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
 ``clang++``; ``-O3 -march=native -fopenmp``, about a second) into the cgnet cache, keyed by source,
 compiler and CPU. Without a compiler the kernels are unavailable and :func:`cgnet.inference.optimize`
-keeps torch's ops: :func:`unavailable_reason` says why.
+keeps torch's ops: :func:`unavailable_reason` says why. ``python -m cgnet.inference.cpu_kernels``
+builds them ahead of time (a container image, a cluster's login node) and prints where they are, or
+why they cannot be built (exit status 2).
 """
 
 from __future__ import annotations
@@ -300,3 +302,16 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
             *(t.data_ptr() for t in taps), torch.get_num_threads(),
         )  # fmt: skip
     return out
+
+
+def main() -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        from cgnet.cli import fail
+
+        fail(KernelBuildError(reason), "fused CPU kernels unavailable")
+    print(f"fused CPU kernels ready: {library()._name}")
+
+
+if __name__ == "__main__":
+    main()
