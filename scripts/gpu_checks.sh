@@ -50,8 +50,9 @@ if [ -f .whl/cgnet_official_camvid_m3n21.pth ]; then
 fi
 BENCH=(python3 -m cgnet.benchmark device=cuda isolate=false "${WEIGHTS[@]}" 'sizes=[[1024,2048]]')
 
-step inference 90 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.enabled=false \
-    'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' output="$OUT/inference.json"
+step inference 110 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.enabled=false \
+    'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' profile=true \
+    output="$OUT/inference.json"
 # The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step.
 step training 45 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
     'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \

@@ -33,6 +33,17 @@ def inference_rows(data: Any) -> list[str]:
     return rows
 
 
+def profile_rows(data: Any, top: int = 5) -> list[str]:
+    """Where one profiled call of each variant spends its device time: its largest ops."""
+    rows = []
+    for r in (data or {}).get("inference", []):
+        ops = r.get("profile") or []
+        if ops:
+            listed = "; ".join(f"{op['op'][:48]} {100 * op['share']:.0f}%" for op in ops[:top])
+            rows.append(f"| profile b{r['batch']} | {r['variant']} | {listed} | | |")
+    return rows
+
+
 def training_rows(data: Any) -> list[str]:
     return [
         f"| train step b{r['batch']} {r['crop'][0]}x{r['crop'][1]} | {r['setting']} | "
@@ -94,6 +105,7 @@ def main() -> None:
     lines = ["| check | what | figure | rate | notes |", "|---|---|---|---|---|"]
     lines += inference_rows(load(out, "inference.json"))
     lines += inference_rows(load(out, "batched.json"))
+    lines += profile_rows(load(out, "inference.json"))
     lines += training_rows(load(out, "training.json"))
     lines += train_check_rows(load(out, "train_checks.json"))
     lines += data_rows(load(out, "data.json"))
