@@ -98,6 +98,25 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     json.dumps(result)  # the file the command writes
 
 
+def test_a_failing_profiler_keeps_the_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cgnet.benchmark.inference import InferenceJob
+
+    def refuse(self: InferenceJob, top: int = 12) -> list:
+        raise RuntimeError("CUPTI is busy")
+
+    monkeypatch.setattr(InferenceJob, "profile", refuse)
+    overrides = (
+        "variants=[eager,fast]",
+        "profile=true",
+        "isolate=false",
+        "train_throughput.enabled=false",
+    )
+    result = run(compose_benchmark(*TINY, *overrides))
+    for row in result["inference"]:
+        assert row["profile"] == [] and row["profile_error"] == "RuntimeError: CUPTI is busy"
+        assert row["latency_ms"]["median"] > 0
+
+
 def test_unknown_variant_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="tensorrt"):
         run(compose_benchmark(*TINY, "variants=[eager,tensorrt]"))

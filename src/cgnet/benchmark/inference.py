@@ -111,6 +111,14 @@ class InferenceJob:
         ]
 
 
+def _profile(worker: Worker) -> tuple[list[dict[str, Any]], str | None]:
+    """A variant's profile, or why the profiler failed on it: the timings stand either way."""
+    try:
+        return worker.request("profile"), None
+    except Exception as error:  # a profiler limitation must not cost the measured figures
+        return [], f"{type(error).__name__}: {error}"
+
+
 def _size_rows(
     workers: dict[str, Worker],
     size: Sequence[int],
@@ -135,7 +143,7 @@ def _size_rows(
             faults[name].append(page_faults)
             if unsynced is not None:
                 timings[name].unsynced_ms.append(unsynced)
-    profiles = {name: w.request("profile") for name, w in workers.items()} if profile else {}
+    profiles = {name: _profile(w) for name, w in workers.items()} if profile else {}
     reference = torch.load(prepared["eager"]["output"])
     eager_median = Latency.stats(timings["eager"].synced_ms)["median"]
     rows: list[dict[str, Any]] = []
@@ -159,7 +167,9 @@ def _size_rows(
             }
         )
         if name in profiles:
-            rows[-1]["profile"] = profiles[name]
+            rows[-1]["profile"], error = profiles[name]
+            if error:
+                rows[-1]["profile_error"] = error
         del output
     return rows
 
