@@ -14,6 +14,7 @@ when a compiler is at hand); on CUDA ``kernels=True`` runs the CG blocks through
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from types import ModuleType
@@ -70,6 +71,8 @@ def _activate(x: Tensor, slope: Tensor | None) -> Tensor:
 class FoldedConv(nn.Module):
     """A convolution with its BatchNorm folded into weight and bias, plus its activation if any."""
 
+    kernels: Backend | None = None  # "cpu": the activation runs in place (FastCGNet.use_kernels)
+
     def __init__(
         self,
         weight: Tensor,
@@ -88,8 +91,6 @@ class FoldedConv(nn.Module):
         self.register_buffer("slope", slope)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = activation
-
-    kernels: Backend | None = None
 
     @classmethod
     def from_conv(
@@ -141,14 +142,14 @@ class Join(nn.Module):
     """A join's BatchNorm + activation after a concatenation, kept as one affine (it follows a PReLU,
     so it cannot be folded into a convolution exactly)."""
 
+    kernels: Backend | None = None  # set: concatenation, affine and activation in one fused pass
+
     def __init__(self, join: BNAct) -> None:
         super().__init__()
         scale, shift = _bn_affine(join.bn)
         self.register_buffer("scale", scale.float().view(1, -1, 1, 1))
         self.register_buffer("shift", shift.float().view(1, -1, 1, 1))
         self.register_buffer("slope", _slope(join.act))
-
-    kernels: Backend | None = None
 
     def forward(self, parts: list[Tensor]) -> Tensor:
         if self.kernels is not None:
@@ -464,6 +465,11 @@ def optimize(
     return runner
 
 
+@functools.cache
+def _warn_once(reason: str) -> None:
+    log.warning("fused CPU kernels unavailable (%s); using torch's ops", reason)
+
+
 def _use_cpu_kernels(
     wanted: bool | None, *, device: torch.device, channels_last: bool, compile: bool
 ) -> bool:
@@ -476,7 +482,7 @@ def _use_cpu_kernels(
             return False
         reason = _cpu_kernels().unavailable_reason()
         if reason is not None:
-            log.warning("fused CPU kernels unavailable (%s); using torch's ops", reason)
+            _warn_once(reason)
         return reason is None
     if not fits:
         raise ValueError(
