@@ -2,8 +2,10 @@
 # Every GPU-only check in one run, for a CUDA machine that has Python 3.12 with CUDA torch but not
 # cgnet's other dependencies (fetch them first with `make device-wheels`; carry .whl/ along).
 # Steps, most valuable first, each with its own time limit so one failure keeps the others:
-#   inference  batch-1 1024x2048 variants: eager, folded, CUDA graphs, fused Triton, auto-tuned fp32/fp16/bf16
-#   training   training-step throughput, batch 16, 680x680 (fp32 eager vs the project's bf16 step)
+#   inference  batch-1 1024x2048 variants: eager, folded, CUDA graphs, fused Triton, auto-tuned
+#              fp32/fp16/bf16, each with a device-time profile of one call
+#   training   training-step throughput, batch 16, 680x680 (fp32 eager vs the project's bf16 step),
+#              with a device-time profile of one step each
 #   train      Lightning runs: 200-step loss curves (fp32 eager vs bf16/fp16-mixed/compiled), host
 #              syncs inside steps, trainer.deterministic=true, one-rank NCCL DDP warnings
 #   data       PNG vs prepared (litdata) loaders with GPU augmentation, 2048x1024 scenes, 680 crops
@@ -54,10 +56,10 @@ step inference 110 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.en
     'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' profile=true \
     output="$OUT/inference.json"
 # The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step.
-step training 45 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
+step training 60 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
     'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
     'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
-    train_throughput.warmup=5 output="$OUT/training.json"
+    train_throughput.warmup=5 profile=true output="$OUT/training.json"
 step train 150 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
 step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
     --batch-size 16 --images 16 --samples 64 --workers 1 15 --gpu-rate 1500 \

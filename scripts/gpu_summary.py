@@ -33,14 +33,18 @@ def inference_rows(data: Any) -> list[str]:
     return rows
 
 
-def profile_rows(data: Any, top: int = 5) -> list[str]:
-    """Where one profiled call of each variant spends its device time: its largest ops."""
+def profile_rows(data: Any, part: str, top: int = 5) -> list[str]:
+    """Where one profiled call (inference) or step (training) spends its device time: its largest
+    ops, or why the profiler failed."""
     rows = []
-    for r in (data or {}).get("inference", []):
+    for r in (data or {}).get(part, []):
         ops = r.get("profile") or []
-        if ops:
-            listed = "; ".join(f"{op['op'][:48]} {100 * op['share']:.0f}%" for op in ops[:top])
-            rows.append(f"| profile b{r['batch']} | {r['variant']} | {listed} | | |")
+        listed = "; ".join(f"{op['op'][:48]} {100 * op['share']:.0f}%" for op in ops[:top])
+        if r.get("profile_error"):
+            listed = f"profiler failed: {r['profile_error'][:100]}"
+        if listed:
+            what = r.get("variant") or r.get("setting")
+            rows.append(f"| profile {part} b{r['batch']} | {what} | {listed} | | |")
     return rows
 
 
@@ -105,11 +109,12 @@ def main() -> None:
     lines = ["| check | what | figure | rate | notes |", "|---|---|---|---|---|"]
     lines += inference_rows(load(out, "inference.json"))
     lines += inference_rows(load(out, "batched.json"))
-    lines += profile_rows(load(out, "inference.json"))
     lines += training_rows(load(out, "training.json"))
     lines += train_check_rows(load(out, "train_checks.json"))
     lines += data_rows(load(out, "data.json"))
     lines += kernel_rows(log)
+    lines += profile_rows(load(out, "inference.json"), "inference")
+    lines += profile_rows(load(out, "training.json"), "training")
     lines += [
         f"| step {m[0]} | exit {m[1]} | | | |" for m in re.findall(r"=== (\w+): exit (\d+)", log)
     ]

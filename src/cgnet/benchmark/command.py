@@ -132,6 +132,7 @@ def measure_all(settings: BenchmarkSettings, model_kwargs: dict[str, Any]) -> di
             settings=compared_settings(tt, device),
             isolate=settings.isolate,
             threads=settings.threads,
+            profile=settings.profile,
         )
     return result
 

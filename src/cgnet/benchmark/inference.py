@@ -18,9 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cgnet.benchmark.measure import Latency, compare, peak_memory, quiet_stderr, synchronize
+from cgnet.benchmark.measure import (
+    Latency,
+    compare,
+    peak_memory,
+    profile_call,
+    synchronize,
+)
 from cgnet.benchmark.variants import ModelSpec, OnnxRuntimeForward, build_variant
-from cgnet.benchmark.worker import Worker
+from cgnet.benchmark.worker import Worker, request_profile
 
 
 class InferenceJob:
@@ -85,38 +91,12 @@ class InferenceJob:
 
     def profile(self, top: int = 12) -> list[dict[str, Any]]:
         """Self time per op of one call (torch.profiler), the largest first: where the time goes."""
-        from torch.profiler import ProfilerActivity, profile
-
         assert self.x is not None, "prepare() first"
         if isinstance(self.fn, OnnxRuntimeForward):
             return []  # its kernels are invisible to torch.profiler
-        activities = [ProfilerActivity.CPU]
-        if self.device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        with quiet_stderr(), torch.inference_mode(), profile(activities=activities) as prof:
-            self.fn(self.x)
-            synchronize(self.device)
-        events = prof.key_averages()
-        key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        total = sum(getattr(e, key) for e in events) or 1.0
-        rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
-        return [
-            {
-                "op": e.key,
-                "ms": getattr(e, key) / 1e3,
-                "share": getattr(e, key) / total,
-                "calls": e.count,
-            }
-            for e in rows
-        ]
-
-
-def _profile(worker: Worker) -> tuple[list[dict[str, Any]], str | None]:
-    """A variant's profile, or why the profiler failed on it: the timings stand either way."""
-    try:
-        return worker.request("profile"), None
-    except Exception as error:  # a profiler limitation must not cost the measured figures
-        return [], f"{type(error).__name__}: {error}"
+        x, fn = self.x, self.fn
+        with torch.inference_mode():
+            return profile_call(lambda: fn(x), self.device, top)
 
 
 def _size_rows(
@@ -143,7 +123,7 @@ def _size_rows(
             faults[name].append(page_faults)
             if unsynced is not None:
                 timings[name].unsynced_ms.append(unsynced)
-    profiles = {name: _profile(w) for name, w in workers.items()} if profile else {}
+    profiles = {name: request_profile(w) for name, w in workers.items()} if profile else {}
     reference = torch.load(prepared["eager"]["output"])
     eager_median = Latency.stats(timings["eager"].synced_ms)["median"]
     rows: list[dict[str, Any]] = []

@@ -11,9 +11,10 @@ import ctypes
 import gc
 import os
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -133,4 +134,31 @@ def compare(output: Tensor, reference: Tensor) -> dict[str, float]:
     }
 
 
-__all__ = ["Latency", "compare", "peak_memory", "quiet_stderr", "synchronize"]
+def profile_call(
+    fn: Callable[[], object], device: torch.device, top: int = 12
+) -> list[dict[str, Any]]:
+    """Self time per op of one ``fn()`` (torch.profiler; device time on CUDA), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with quiet_stderr(), profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1.0
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "ms": getattr(e, key) / 1e3,
+            "share": getattr(e, key) / total,
+            "calls": e.count,
+        }
+        for e in rows
+    ]
+
+
+__all__ = ["Latency", "compare", "peak_memory", "profile_call", "quiet_stderr", "synchronize"]

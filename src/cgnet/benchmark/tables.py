@@ -76,14 +76,8 @@ def render(result: dict[str, Any]) -> list[Table]:
     for row in result["inference"]:
         if row.get("profile"):
             size = f"{row['size'][0]}x{row['size'][1]}"
-            prof = Table(title=f"where {row['variant']} spends one call at {size} (self time)")
-            for column in ("op", "ms", "share", "calls"):
-                prof.add_column(column, justify="left" if column == "op" else "right")
-            for op in row["profile"]:
-                prof.add_row(
-                    op["op"][:70], f"{op['ms']:.1f}", f"{op['share']:.1%}", str(op["calls"])
-                )
-            tables.append(prof)
+            title = f"where {row['variant']} spends one call at {size} (self time)"
+            tables.append(_profile_table(title, row["profile"]))
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
         columns = (
@@ -114,7 +108,20 @@ def render(result: dict[str, Any]) -> list[Table]:
                 f"{row['speedup_over_eager']:.2f}",
             )
         tables.append(train)
+        for row in result["training"]:
+            if row.get("profile"):
+                title = f"where the {row['setting']} step spends its time (self time)"
+                tables.append(_profile_table(title, row["profile"]))
     return tables
+
+
+def _profile_table(title: str, ops: list[dict[str, Any]]) -> Table:
+    prof = Table(title=title)
+    for column in ("op", "ms", "share", "calls"):
+        prof.add_column(column, justify="left" if column == "op" else "right")
+    for op in ops:
+        prof.add_row(op["op"][:70], f"{op['ms']:.1f}", f"{op['share']:.1%}", str(op["calls"]))
+    return prof
 
 
 def render_markdown(result: dict[str, Any]) -> str:

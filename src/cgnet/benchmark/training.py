@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cgnet.benchmark.measure import Latency, synchronize
+from cgnet.benchmark.measure import Latency, profile_call, synchronize
 from cgnet.benchmark.settings import TrainThroughputSettings
 from cgnet.benchmark.variants import ModelSpec
-from cgnet.benchmark.worker import Worker
+from cgnet.benchmark.worker import Worker, request_profile
 from cgnet.models import CGNet, use_space_to_batch
 from cgnet.normalization import Normalize
 from cgnet.runtime import reuse_cpu_memory
@@ -77,6 +77,10 @@ class TrainJob:
         synchronize(self.device)
         return (time.perf_counter() - start) * 1e3
 
+    def profile(self, top: int = 12) -> list[dict[str, Any]]:
+        """Self time per op of one training step, the largest first."""
+        return profile_call(self.step, self.device, top)
+
 
 def compared_settings(
     tt: TrainThroughputSettings, device: torch.device
@@ -110,8 +114,10 @@ def benchmark_training(
     settings: dict[str, dict[str, bool]],
     isolate: bool = True,
     threads: int | None = None,
+    profile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Images per second of each training-step setting, steps timed round-robin."""
+    """Images per second of each training-step setting, steps timed round-robin; with ``profile``,
+    also where one step of each spends its time."""
     workers: dict[str, Worker] = {}
     rows = []
     try:
@@ -128,6 +134,7 @@ def benchmark_training(
         for _ in range(steps):
             for name, worker in workers.items():
                 times[name].append(worker.request("step"))
+        profiles = {name: request_profile(w) for name, w in workers.items()} if profile else {}
     finally:
         for worker in workers.values():
             worker.close()
@@ -144,6 +151,10 @@ def benchmark_training(
                 "first_step_s": first[name],
             }
         )
+        if name in profiles:
+            rows[-1]["profile"], error = profiles[name]
+            if error:
+                rows[-1]["profile_error"] = error
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup_over_eager"] = row["images_per_s"] / base
