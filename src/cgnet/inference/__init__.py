@@ -2,7 +2,8 @@
 that eval, predict and notebooks share.
 
 - :mod:`cgnet.inference.fast`: :func:`optimize` / :func:`fold_network` (BatchNorm folded, channels-last,
-  compile, CUDA graphs);
+  compile, CUDA graphs, fused kernels: :mod:`cgnet.inference.cpu_kernels` on the CPU,
+  :mod:`cgnet.inference.kernels` (Triton) on CUDA);
 - :mod:`cgnet.inference.autotune`: :func:`tuned` / :class:`AutoTuned` (on CUDA, the fastest of those
   forms and the fused Triton kernels, measured per input shape);
 - :mod:`cgnet.inference.tta`: whole-image, sliding-window and multi-scale + flip logits;

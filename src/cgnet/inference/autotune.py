@@ -196,8 +196,9 @@ class AutoTuned(nn.Module):
 
 
 def tuned(model: CGNet, device: str | torch.device, precision: Precision = "fp32") -> nn.Module:
-    """The fastest form of ``model`` for ``device``: measured on CUDA (:class:`AutoTuned`), the
-    folded channels-last network on the CPU (:func:`optimize`, measured once in docs/benchmarks.md)."""
+    """The fastest form of ``model`` for ``device``: measured on CUDA (:class:`AutoTuned`); on the
+    CPU the folded channels-last network with the fused C++ kernels (:func:`optimize`, measured once
+    in docs/benchmarks.md)."""
     device = torch.device(device)
     if device.type == "cuda":
         return AutoTuned(model, device, precision)
