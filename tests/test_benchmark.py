@@ -97,6 +97,7 @@ def test_benchmark_reports_every_variant_and_training(tmp_path: Path) -> None:
     assert len(render(result)) == 2 + len(profiled) + len(training)
     markdown = render_markdown(result)
     assert "| 64x96 | fast |" in markdown and "| plain eager |" in markdown
+    assert result["machine"]["threads"] == 1 and ", 1 threads," in markdown  # the workers' count
     assert result["command"].split()[:3] == ["python", "-m", "cgnet.benchmark"]
     json.dumps(result)  # the file the command writes
 

@@ -36,13 +36,14 @@ from cgnet.runtime import pick_device
 console = Console(width=None if sys.stdout.isatty() else 180)
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+def machine(threads: int | None = None) -> dict[str, Any]:
+    """What the figures were measured on; ``threads`` is what the workers run with (None: torch's
+    default here)."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
     with contextlib.suppress(OSError):
@@ -94,7 +95,7 @@ def measure_all(settings: BenchmarkSettings, model_kwargs: dict[str, Any]) -> di
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["python -m cgnet.benchmark", *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": machine(settings.threads),
         "device": str(device),
         "isolated_processes": settings.isolate,
         "variants": {name: VARIANT_HELP[name] for name in dict.fromkeys(["eager", *variants])},
