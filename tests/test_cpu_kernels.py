@@ -19,6 +19,7 @@ from torch import Tensor
 from cgnet.inference import cpu_kernels, fold_network, optimize
 from cgnet.inference import fast as fast_inference
 from cgnet.inference.fast import FastCGBlock, FoldedConv, Join
+from cgnet.inference.predictor import class_map
 from cgnet.models import CGNet
 from helpers import CG_BLOCKS, joint_reference, randomize_statistics, run_cli
 
@@ -141,8 +142,33 @@ def test_resize_matches_torch_bilinear(size: tuple[int, int], out: tuple[int, in
     x = torch.randn(2, 3, *size).contiguous(memory_format=CL)
     expected = F.interpolate(x, size=out, mode="bilinear", align_corners=False)
     got = cpu_kernels.resize_bilinear(x, out)
-    assert got.is_contiguous()
+    assert got.is_contiguous(memory_format=CL)  # as torch's, so the class argmax stays fast
     close(got, expected)
+    close(cpu_kernels.resize_bilinear(x.contiguous(), out), expected)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 11, 19, 256])
+def test_class_argmax_matches_torch(classes: int) -> None:
+    gen = torch.Generator().manual_seed(classes)
+    # integer scores: many ties, which torch resolves to the first maximum; 3x13 pixels leave a tail
+    logits = torch.randint(0, 4, (2, classes, 3, 13), generator=gen).float()
+    logits[0, -1, 0, :5] = float("nan")  # a NaN counts as the largest, as in torch.argmax
+    logits[1, :, 2, 3] = float("nan")
+    expected = logits.argmax(1).to(torch.uint8)
+    for layout in (torch.contiguous_format, CL):
+        got = cpu_kernels.class_argmax(logits.contiguous(memory_format=layout))
+        assert got.dtype == torch.uint8 and torch.equal(got, expected)
+    wide = torch.randn(1, 7, 64, 96, generator=gen).contiguous(memory_format=CL)
+    assert torch.equal(cpu_kernels.class_argmax(wide), wide.argmax(1).to(torch.uint8))
+
+
+def test_class_map_takes_the_kernel_or_torch() -> None:
+    logits = torch.randn(2, 5, 9, 11).contiguous(memory_format=CL)
+    expected = logits.argmax(1).to(torch.uint8)
+    assert torch.equal(class_map(logits), expected)
+    assert torch.equal(class_map(logits.double()), expected)  # torch's argmax
+    with pytest.raises(ValueError, match="1 to 256 classes"):
+        cpu_kernels.class_argmax(torch.randn(1, 257, 2, 2))
 
 
 def test_bad_tensors_are_refused_by_name() -> None:

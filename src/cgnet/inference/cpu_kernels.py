@@ -37,6 +37,7 @@ __all__ = [
     "activate_",
     "available",
     "cg_joint",
+    "class_argmax",
     "join",
     "library",
     "resize_bilinear",
@@ -53,7 +54,8 @@ _SIGNATURES: dict[str, list[type]] = {
     "cgnet_cg_joint": [_P, _P, _P, _P, _P, _P, _P, _P, _INT, _I64, _I64, _I64, _I64, _I64, _INT],
     "cgnet_join": [_P, _P, _I64, _P, _P, _P, _P, _INT, _I64, _I64, _INT],
     "cgnet_activate_inplace": [_P, _P, _INT, _I64, _I64, _INT],
-    "cgnet_resize_bilinear": [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, *[_P] * 8, _INT],
+    "cgnet_resize_bilinear": [_P, _P, _P, *[_I64] * 6, *[_P] * 8, _INT],
+    "cgnet_class_argmax": [_P, _P, _I64, _I64, _INT],
 }
 
 
@@ -285,22 +287,35 @@ def _resize_taps(h: int, w: int, out_h: int, out_w: int) -> tuple[Tensor, ...]:
 
 def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` of a 4-d float32 CPU tensor,
-    returned NCHW-contiguous: the final upsample of the logits, on every thread."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-        raise ValueError(
-            f"resize_bilinear: a 4-d float32 CPU tensor expected, got {x.dtype} {tuple(x.shape)}"
-        )
+    returned channels-last (as torch returns it for channels-last input): the final upsample of the
+    logits, on every thread."""
+    x = _channels_last(x, "resize_bilinear input")
     n, c, h, w = x.shape
     out_h, out_w = int(size[0]), int(size[1])
-    x = x.contiguous()
-    rows = torch.empty(n * c, h, out_w)
-    out = torch.empty(n, c, out_h, out_w)
+    rows = torch.empty(n, h, out_w, c)
+    out = torch.empty(n, c, out_h, out_w, memory_format=torch.channels_last)
     taps = _resize_taps(h, w, out_h, out_w)
     with record_function("cgnet::resize_bilinear"):
         library().cgnet_resize_bilinear(
-            x.data_ptr(), rows.data_ptr(), out.data_ptr(), n * c, h, w, out_h, out_w,
+            x.data_ptr(), rows.data_ptr(), out.data_ptr(), n, h, w, out_h, out_w, c,
             *(t.data_ptr() for t in taps), torch.get_num_threads(),
         )  # fmt: skip
+    return out
+
+
+def class_argmax(logits: Tensor) -> Tensor:
+    """``logits.argmax(1).to(torch.uint8)`` of channels-last float32 CPU logits [N, C, H, W] with at
+    most 256 classes, in one pass on every thread (torch's argmax over channels is a reduction
+    along the inner dimension here, 6x slower at 1024x2048 with 11 classes)."""
+    x = _channels_last(logits, "class_argmax input")
+    n, c, h, w = x.shape
+    if not 1 <= c <= 256:
+        raise ValueError(f"class_argmax: 1 to 256 classes fit in uint8, got {c}")
+    out = torch.empty(n, h, w, dtype=torch.uint8)
+    with record_function("cgnet::class_argmax"):
+        library().cgnet_class_argmax(
+            x.data_ptr(), out.data_ptr(), n * h * w, c, torch.get_num_threads()
+        )
     return out
 
 

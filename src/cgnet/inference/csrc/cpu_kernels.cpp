@@ -170,29 +170,84 @@ void cgnet_activate_inplace(float *x, const float *slope, int act, int64_t P, in
     }
 }
 
-// Bilinear resize (align_corners=False, as torch computes its source coordinates) of x [M, h, w]
-// to out [M, H, W], both contiguous, in two separable passes: along W into rows [M, h, W]
-// (caller's scratch), then along H, which is a contiguous blend of two rows per output row.
-void cgnet_resize_bilinear(const float *x, float *rows, float *out, int64_t M, int64_t h,
-                           int64_t w, int64_t H, int64_t W, const int64_t *x0, const int64_t *x1,
-                           const float *wx0, const float *wx1, const int64_t *y0,
-                           const int64_t *y1, const float *wy0, const float *wy1, int threads) {
+// Bilinear resize (align_corners=False, as torch computes its source coordinates) of channels-last
+// x [N, h, w, C] to out [N, H, W, C], in two separable passes: along W into rows [N, h, W, C]
+// (caller's scratch), then along H, a contiguous blend of two such rows per output row. The output
+// stays channels-last, where the class argmax that follows is a fast inner reduction.
+void cgnet_resize_bilinear(const float *x, float *rows, float *out, int64_t N, int64_t h,
+                           int64_t w, int64_t H, int64_t W, int64_t C, const int64_t *x0,
+                           const int64_t *x1, const float *wx0, const float *wx1,
+                           const int64_t *y0, const int64_t *y1, const float *wy0,
+                           const float *wy1, int threads) {
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < M * h; ++r) {
-            const float *src = x + r * w;
-            float *dst = rows + r * W;
-            for (int64_t j = 0; j < W; ++j) dst[j] = wx0[j] * src[x0[j]] + wx1[j] * src[x1[j]];
+        for (int64_t r = 0; r < N * h; ++r) {
+            const float *src = x + r * w * C;
+            float *dst = rows + r * W * C;
+            for (int64_t j = 0; j < W; ++j) {
+                const float *a = src + x0[j] * C, *b = src + x1[j] * C;
+                const float wa = wx0[j], wb = wx1[j];
+                for (int64_t c = 0; c < C; ++c) dst[j * C + c] = wa * a[c] + wb * b[c];
+            }
         }
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < M * H; ++r) {
-            const int64_t m = r / H, i = r % H;
-            const float *a = rows + (m * h + y0[i]) * W, *b = rows + (m * h + y1[i]) * W;
+        for (int64_t r = 0; r < N * H; ++r) {
+            const int64_t n = r / H, i = r % H;
+            const float *a = rows + (n * h + y0[i]) * W * C;
+            const float *b = rows + (n * h + y1[i]) * W * C;
             const float wa = wy0[i], wb = wy1[i];
-            float *dst = out + r * W;
-            for (int64_t j = 0; j < W; ++j) dst[j] = wa * a[j] + wb * b[j];
+            float *dst = out + r * W * C;
+            for (int64_t j = 0; j < W * C; ++j) dst[j] = wa * a[j] + wb * b[j];
         }
+    }
+}
+
+// The class map of pixels [p0, p1) of channels-last logits x [P, C], one pixel at a time.
+inline void argmax_pixels(const float *x, uint8_t *out, int64_t p0, int64_t p1, int64_t C) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const float *v = x + p * C;
+        float best = v[0];
+        int index = 0;
+        for (int64_t c = 1; c < C && best == best; ++c) {
+            if (v[c] > best || v[c] != v[c]) {
+                best = v[c];
+                index = static_cast<int>(c);
+            }
+        }
+        out[p] = static_cast<uint8_t>(index);
+    }
+}
+
+// The class map of channels-last logits x [P, C]: for each pixel the index of the largest of its C
+// scores (the first one on ties, a NaN counting as the largest, as torch.argmax), as uint8. Eight
+// pixels go through each class together as one vector (a strided load each), so the compare-select
+// chains of eight pixels overlap.
+void cgnet_class_argmax(const float *x, uint8_t *out, int64_t P, int64_t C, int threads) {
+    typedef int32_t i8v __attribute__((vector_size(32)));
+    const int64_t block = 4096;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t p0 = 0; p0 < P; p0 += block) {
+        const int64_t p1 = p0 + block < P ? p0 + block : P;
+        int64_t p = p0;
+        for (; p + 8 <= p1; p += 8) {
+            const float *base = x + p * C;
+            v8 best = {base[0],     base[C],     base[2 * C], base[3 * C],
+                       base[4 * C], base[5 * C], base[6 * C], base[7 * C]};
+            i8v index = {};
+            i8v nan = best != best;
+            for (int64_t c = 1; c < C; ++c) {
+                const float *col = base + c;
+                const v8 value = {col[0],     col[C],     col[2 * C], col[3 * C],
+                                  col[4 * C], col[5 * C], col[6 * C], col[7 * C]};
+                const i8v take = ~nan & ((value > best) | (value != value));
+                best = take ? value : best;
+                index = take ? i8v{} + static_cast<int32_t>(c) : index;
+                nan |= value != value;
+            }
+            for (int k = 0; k < 8; ++k) out[p + k] = static_cast<uint8_t>(index[k]);
+        }
+        argmax_pixels(x, out, p, p1, C);
     }
 }
 
