@@ -3,7 +3,9 @@
 On the CPU the folded network's convolutions run near the cores' FMA peak; what is left is memory
 traffic. A CG block's f_loc + f_sur + f_joi (bias, activation) + concatenation + f_glo's pooling sums
 become one pass (:func:`cg_joint`), and a join's concatenation + BatchNorm + activation another
-(:func:`join`). docs/benchmarks.md has what each saves.
+(:func:`join`); the convolutions' activations run in place (:func:`activate_`), and the logits'
+upsample (:func:`resize_bilinear`) and class argmax (:func:`class_argmax`) use every thread, where
+torch's ran on one or took the slow reduction. docs/benchmarks.md has what each saves.
 
 The C++ source ships with the package (``csrc/cpu_kernels.cpp``: no Python or torch headers) and is
 compiled on first use with the machine's C++ compiler (``$CXX``, else ``c++`` / ``g++`` /
@@ -108,8 +110,9 @@ def _build(compiler: str) -> Path:
         command = [compiler, *FLAGS, str(SOURCE), "-o", tmp]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise KernelBuildError(f"{compiler} failed on {SOURCE.name}: {last}")
+            lines = result.stderr.strip().splitlines() or ["(no output)"]
+            first_error = next((line for line in lines if "error" in line), lines[-1])
+            raise KernelBuildError(f"{compiler} failed on {SOURCE.name}: {first_error.strip()}")
         os.replace(tmp, target)
     except (OSError, subprocess.SubprocessError) as error:
         raise KernelBuildError(f"{compiler} could not build {SOURCE.name}: {error}") from error
