@@ -221,6 +221,8 @@ def test_optimize_uses_the_cpu_kernels_and_matches_eager(options: dict[str, obje
     assert fast.net.kernels == "cpu"
     modules = list(fast.net.modules())
     assert all(m.kernels == "cpu" for m in modules if isinstance(m, (FastCGBlock, Join)))
+    activated = [m for m in modules if isinstance(m, FoldedConv) and m.activation]
+    assert activated and all(m.kernels == "cpu" for m in activated)  # in-place activations
     assert ops.net.kernels is None
     assert not any(m.kernels for m in ops.net.modules() if isinstance(m, (FastCGBlock, FoldedConv)))
     with torch.inference_mode():
