@@ -56,6 +56,11 @@ class Candidate:
         return " ".join(parts)
 
 
+def check_precision(precision: Precision, device: torch.device) -> None:
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"{precision} inference is offered on CUDA only; the CPU runs fp32")
+
+
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -147,8 +152,7 @@ class AutoTuned(nn.Module):
         repeats: int = 10,
     ) -> None:
         super().__init__()
-        if precision != "fp32" and device.type != "cuda":
-            raise ValueError(f"{precision} inference is offered on CUDA only; the CPU runs fp32")
+        check_precision(precision, device)
         self.model = model.eval()
         self.device = device
         self.precision = precision
@@ -202,6 +206,5 @@ def tuned(model: CGNet, device: str | torch.device, precision: Precision = "fp32
     device = torch.device(device)
     if device.type == "cuda":
         return AutoTuned(model, device, precision)
-    if precision != "fp32":
-        raise ValueError(f"{precision} inference is offered on CUDA only; the CPU runs fp32")
+    check_precision(precision, device)
     return optimize(model, device=device)

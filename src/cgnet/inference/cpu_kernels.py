@@ -153,11 +153,15 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def _channels_last(x: Tensor, name: str) -> Tensor:
+def _check(x: Tensor, name: str) -> None:
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
         raise ValueError(
             f"{name}: the CPU kernels take 4-d float32 CPU tensors, got {x.dtype} {tuple(x.shape)} on {x.device}"
         )
+
+
+def _channels_last(x: Tensor, name: str) -> Tensor:
+    _check(x, name)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -255,10 +259,7 @@ def join(parts: list[Tensor], scale: Tensor, shift: Tensor, slope: Tensor | None
 
 def activate_(x: Tensor, slope: Tensor | None) -> Tensor:
     """PReLU (ReLU when ``slope`` is None) of a channels-last tensor, in place; returns ``x``."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-        raise ValueError(
-            f"activate_: a 4-d float32 CPU tensor expected, got {x.dtype} {tuple(x.shape)}"
-        )
+    _check(x, "activate_")
     if not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("activate_: works in place, so x must already be channels-last contiguous")
     n, c, h, w = x.shape
@@ -308,8 +309,8 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 def class_argmax(logits: Tensor) -> Tensor:
     """``logits.argmax(1).to(torch.uint8)`` of channels-last float32 CPU logits [N, C, H, W] with at
-    most 256 classes, in one pass on every thread (torch's argmax over channels is a reduction
-    along the inner dimension here, 6x slower at 1024x2048 with 11 classes)."""
+    most 256 classes, in one pass on every thread (torch's took 42 ms against 3.9 ms for 11
+    classes at 1024x2048 on 2 threads)."""
     x = _channels_last(logits, "class_argmax input")
     n, c, h, w = x.shape
     if not 1 <= c <= 256:

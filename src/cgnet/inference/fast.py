@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cgnet.inference import cpu_kernels as cpu_ops
 from cgnet.models.blocks import BNAct, CGBlock, CGDownBlock, ConvBNAct, FGlo
 from cgnet.models.cgnet import CGNet
 from cgnet.models.parts import PARTS, Kind
@@ -134,7 +135,7 @@ class FoldedConv(nn.Module):
         if not self.activation:
             return y
         if self.kernels == "cpu" and y.is_contiguous(memory_format=torch.channels_last):
-            return _cpu_kernels().activate_(y, self.slope)
+            return cpu_ops.activate_(y, self.slope)
         return _activate(y, self.slope)
 
 
@@ -153,8 +154,7 @@ class Join(nn.Module):
 
     def forward(self, parts: list[Tensor]) -> Tensor:
         if self.kernels is not None:
-            kernels = _kernels() if self.kernels == "triton" else _cpu_kernels()
-            return kernels.join(parts, self.scale, self.shift, self.slope)
+            return _kernels(self.kernels).join(parts, self.scale, self.shift, self.slope)
         x = torch.cat(parts, 1)
         return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
 
@@ -184,17 +184,14 @@ class FastFGlo(nn.Module):
         return x * self.weights(x)
 
 
-def _kernels() -> ModuleType:
-    """The fused Triton kernels, imported on first use so that cgnet itself never needs triton."""
+def _kernels(backend: Backend = "triton") -> ModuleType:
+    """The fused kernels of ``backend``; Triton's are imported on first use, so that cgnet itself
+    never needs triton."""
+    if backend == "cpu":
+        return cpu_ops
     from cgnet.inference import kernels
 
     return kernels
-
-
-def _cpu_kernels() -> ModuleType:
-    from cgnet.inference import cpu_kernels
-
-    return cpu_kernels
 
 
 class FastCGBlock(nn.Module):
@@ -240,7 +237,7 @@ class FastCGBlock(nn.Module):
     def _forward_kernels(self, x: Tensor) -> Tensor:
         """The same block through the fused kernels: Triton (NCHW; float32, float16 or bfloat16) or
         C++ (CPU, channels-last float32)."""
-        kernels = _kernels() if self.kernels == "triton" else _cpu_kernels()
+        kernels = _kernels(self.kernels)
         y = self.conv_in(x)
         # f_glo pools the joint features directly only in a CG block with a global (or no) residual;
         # after CG-Down's reduce or a local residual it pools another tensor.
@@ -335,7 +332,7 @@ class FastCGNet(nn.Module):
         if backend == "triton":
             _kernels()
         elif backend == "cpu":
-            _cpu_kernels().library()
+            cpu_ops.library()
         elif backend is not None:
             raise ValueError(f"kernel backend must be 'triton', 'cpu' or None, got {backend!r}")
         self.kernels = backend
@@ -370,7 +367,7 @@ class FastCGNet(nn.Module):
         y = self.join3([down3, self.stage3(down3)])
         logits = self.classifier(y)
         if self.kernels == "cpu":
-            return _cpu_kernels().resize_bilinear(logits, (x.shape[-2], x.shape[-1]))
+            return cpu_ops.resize_bilinear(logits, (x.shape[-2], x.shape[-1]))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -480,7 +477,7 @@ def _use_cpu_kernels(
     if wanted is None:
         if not fits:
             return False
-        reason = _cpu_kernels().unavailable_reason()
+        reason = cpu_ops.unavailable_reason()
         if reason is not None:
             _warn_once(reason)
         return reason is None
