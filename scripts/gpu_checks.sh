@@ -4,13 +4,14 @@
 # Steps, most valuable first, each with its own time limit so one failure keeps the others:
 #   inference  batch-1 1024x2048 variants: eager, folded, CUDA graphs, fused Triton, auto-tuned
 #              fp32/fp16/bf16, each with a device-time profile of one call
-#   training   training-step throughput, batch 16, 680x680 (fp32 eager vs the project's bf16 step),
-#              with a device-time profile of one step each
-#   train      Lightning runs: 200-step loss curves (fp32 eager vs bf16/fp16-mixed/compiled), host
+#   training   training-step throughput, batch 16, 680x680 (fp32 eager vs the project's bf16 step,
+#              with and without the fused f_loc + f_sur op), with a device-time profile of each
+#   train      Lightning runs: 200-step loss curves (fp32 eager vs bf16/fp16-mixed/fused/compiled), host
 #              syncs inside steps, trainer.deterministic=true, one-rank NCCL DDP warnings
 #   data       PNG vs prepared (litdata) loaders with GPU augmentation, 2048x1024 scenes, 680 crops
 #   batched    the inference variants at batch 8
-#   kernels    the fused Triton kernels against eager, compiled on the GPU
+#   kernels    the fused Triton kernels (inference, and the training op's forward and backward)
+#              against eager, compiled on the GPU
 # `STEPS="inference train" scripts/gpu_checks.sh` runs a subset. Writes at most 8 files to $OUT
 # (default ./gpu_results) and prints one summary table at the end.
 set -uo pipefail
@@ -55,17 +56,20 @@ BENCH=(python3 -m cgnet.benchmark device=cuda isolate=false "${WEIGHTS[@]}" 'siz
 step inference 110 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.enabled=false \
     'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' profile=true \
     output="$OUT/inference.json"
-# The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step.
-step training 60 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
+# The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step,
+# without and with the fused f_loc + f_sur op.
+step training 75 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
     'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
     'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
-    train_throughput.warmup=5 profile=true output="$OUT/training.json"
-step train 150 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
+    train_throughput.warmup=5 train_throughput.fused_context=true profile=true \
+    output="$OUT/training.json"
+step train 170 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
 step data 70 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
     --batch-size 16 --images 16 --samples 64 --workers 1 15 --gpu-rate 1500 \
     --json "$OUT/data.json"
 step batched 100 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabled=false \
     'variants=[eager,auto,auto_fp16,auto_bf16]' output="$OUT/batched.json"
-step kernels 60 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -n 0 -x
+step kernels 75 python3 -m pytest tests/test_kernels.py tests/models/test_context_kernels.py -q \
+    -p no:cacheprovider -n 0 -x
 
 python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md"

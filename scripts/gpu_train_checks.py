@@ -1,7 +1,8 @@
 """GPU training checks through the project's own `cgnet.train.run`, in one process.
 
 Each run trains the synthetic scenes on the GPU and records what the issue list of a GPU training
-path asks about: loss curves of plain fp32 eager against bf16-mixed, fp16-mixed and compiled steps
+path asks about: loss curves of plain fp32 eager against bf16-mixed, fp16-mixed, fused-op and
+compiled steps
 (200 steps each, same seed and batches), host synchronisations inside training steps
 at the default logging interval (torch.cuda.set_sync_debug_mode), ``trainer.deterministic=true``, and one-rank NCCL DDP's warnings.
 Results go to one JSON file (rewritten after every run, so a time limit keeps what finished).
@@ -56,6 +57,7 @@ RUNS: dict[str, list[str]] = {
         "module.nonfinite_check_every=1",
     ],
     "bf16_mixed": [],  # the project's GPU default: bf16-mixed, channels-last, flags read every 50
+    "fused_bf16": ["module.fused_context=true"],  # f_loc + f_sur as the fused Triton op
     "fp16_mixed": ["trainer.precision=16-mixed"],
     "deterministic": ["trainer.deterministic=true", "trainer.max_steps=30"],
     "ddp_one_rank": ["trainer.strategy=ddp", "trainer.max_steps=30"],

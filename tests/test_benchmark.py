@@ -196,6 +196,12 @@ def test_bf16_training_needs_a_gpu() -> None:
     validate(cfg)  # not measured, so not refused
 
 
+def test_the_fused_training_op_is_timed_on_gpus_only() -> None:
+    cfg = compose_config("benchmark", ["device=cpu", "train_throughput.fused_context=true"])
+    with pytest.raises(ConfigError, match=r"train_throughput\.fused_context: .*CUDA only"):
+        validate(cfg)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_missing_gpu_names_the_device_key() -> None:
     with pytest.raises(ConfigError, match="device=cuda: this machine has no CUDA GPU"):

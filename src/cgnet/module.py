@@ -13,10 +13,11 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from cgnet.losses import SegmentationLoss
 from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
-from cgnet.models import CGNet, use_space_to_batch
+from cgnet.models import CGNet, use_fused_context, use_space_to_batch
 from cgnet.nonfinite import NonFiniteWatch
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
@@ -64,6 +65,9 @@ class SegmentationModule(pl.LightningModule):
             so on GPUs only: CPU training steps are faster in NCHW (docs/benchmarks.md).
         space_to_batch: train f_sur's dilated convolutions on the CPU in their space-to-batch
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
+        fused_context: on GPUs, run each CG block's f_loc + f_sur (forward and backward) as one
+            fused Triton op (:mod:`cgnet.models.context_kernels`); the same results to float
+            rounding, and deterministic. Off by default until measured on GPUs (docs/benchmarks.md).
         compile: wrap the network's forward in ``torch.compile``.
         compile_mode: ``torch.compile``'s mode: None (default), ``reduce-overhead`` (CUDA graphs of the
             forward and backward: a fixed crop and batch make training's shapes static, and the step is
@@ -90,6 +94,7 @@ class SegmentationModule(pl.LightningModule):
         class_to_category: Sequence[int] | None = None,
         channels_last: bool | None = None,
         space_to_batch: bool = True,
+        fused_context: bool = False,
         compile: bool = False,
         compile_mode: CompileMode | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
@@ -147,7 +152,8 @@ class SegmentationModule(pl.LightningModule):
         return net(x)
 
     def setup(self, stage: str) -> None:
-        """Pick the memory format and the non-finite read interval for the device the run uses.
+        """Pick the memory format, the non-finite read interval and the fused f_loc + f_sur op for
+        the device the run uses (a CPU machine never imports triton for a fused_context checkpoint).
 
         This runs before the strategy moves and wraps the module: DDP's gradient buckets must see
         the parameters in their final layout, or every step warns about (and copies) mismatched
@@ -159,6 +165,14 @@ class SegmentationModule(pl.LightningModule):
             self.nonfinite = NonFiniteWatch(every or (GPU_NONFINITE_CHECK_EVERY if on_gpu else 1))
             if self.channels_last:
                 self.net.to(memory_format=torch.channels_last)
+            if self.hparams.get("fused_context"):
+                if on_gpu:
+                    use_fused_context(self.net)
+                else:
+                    rank_zero_info(
+                        "module.fused_context: the fused f_loc + f_sur op runs on CUDA only; this "
+                        "run trains with the two plain convolutions"
+                    )
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

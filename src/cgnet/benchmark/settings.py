@@ -37,6 +37,7 @@ class TrainThroughputSettings:
     compile: bool
     reuse_memory: bool
     bf16: bool = False  # bf16-mixed autocast, CUDA only
+    fused_context: bool = False  # also the project's step with the fused f_loc + f_sur op
 
 
 @dataclass(kw_only=True)
@@ -122,6 +123,11 @@ def _check_values(settings: BenchmarkSettings) -> None:
     if tt.bf16 and device.type != "cuda":
         raise ConfigError(
             f"train_throughput.bf16: bf16-mixed training is measured on CUDA only (device={device})"
+        )
+    if tt.fused_context and device.type != "cuda":
+        raise ConfigError(
+            "train_throughput.fused_context: the fused f_loc + f_sur op runs on CUDA only "
+            f"(device={device})"
         )
 
 

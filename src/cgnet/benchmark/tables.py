@@ -87,6 +87,7 @@ def render(result: dict[str, Any]) -> list[Table]:
             "compile",
             "reuse_memory",
             "bf16",
+            "fused_context",
             "batch x crop",
         )
         for column in columns:
@@ -102,6 +103,7 @@ def render(result: dict[str, Any]) -> list[Table]:
                 str(row["compile"]),
                 str(row["reuse_memory"]),
                 str(row.get("bf16", False)),
+                str(row.get("fused_context", False)),
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]}",
                 f"{row['step_ms']['median']:.0f}",
                 f"{row['images_per_s']:.2f}",
@@ -157,14 +159,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             "| training setting | channels_last | space_to_batch | compile | reuse_memory | bf16"
-            " | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            " | fused_context | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["training"]:
             lines.append(
                 f"| {row['setting']} | {row['channels_last']} | "
                 f"{row.get('space_to_batch', False)} | {row['compile']} | "
                 f"{row['reuse_memory']} | {row.get('bf16', False)} | "
+                f"{row.get('fused_context', False)} | "
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
                 f"{row['step_ms']['median']:.0f} | "
                 f"{row['step_ms']['q1']:.0f}-{row['step_ms']['q3']:.0f} | "

@@ -19,7 +19,7 @@ from cgnet.benchmark.measure import Latency, profile_call, synchronize
 from cgnet.benchmark.settings import TrainThroughputSettings
 from cgnet.benchmark.variants import ModelSpec
 from cgnet.benchmark.worker import Worker, request_profile
-from cgnet.models import CGNet, use_space_to_batch
+from cgnet.models import CGNet, use_fused_context, use_space_to_batch
 from cgnet.normalization import Normalize
 from cgnet.runtime import reuse_cpu_memory
 
@@ -41,6 +41,7 @@ class TrainJob:
         reuse_memory: bool,
         space_to_batch: bool = False,
         bf16: bool = False,
+        fused_context: bool = False,
     ) -> None:
         self.device = torch.device(device)
         if bf16 and self.device.type != "cuda":
@@ -51,6 +52,7 @@ class TrainJob:
         torch.manual_seed(spec.seed)
         net = CGNet(spec.num_classes, **spec.model).to(self.device).train()
         use_space_to_batch(net, space_to_batch)
+        use_fused_context(net, fused_context)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=self.fmt)
         self.forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
@@ -85,7 +87,8 @@ class TrainJob:
 def compared_settings(
     tt: TrainThroughputSettings, device: torch.device
 ) -> dict[str, dict[str, bool]]:
-    """Plain eager (the baseline) and the project's training-step settings, as TrainJob keywords."""
+    """Plain eager (the baseline) and the project's training-step settings, as TrainJob keywords;
+    with ``fused_context``, the project's settings once more with the fused f_loc + f_sur op."""
     plain_eager = {
         "channels_last": False,
         "compile": False,
@@ -100,7 +103,10 @@ def compared_settings(
         "space_to_batch": tt.space_to_batch,
         "bf16": tt.bf16,
     }
-    return {"plain eager": plain_eager, "project settings": project}
+    settings = {"plain eager": plain_eager, "project settings": project}
+    if tt.fused_context:
+        settings["project + fused f_loc/f_sur"] = {**project, "fused_context": True}
+    return settings
 
 
 def benchmark_training(

@@ -93,7 +93,44 @@ class FGlo(nn.Module):
         return x * weights[:, :, None, None]
 
 
-class CGBlock(nn.Module):
+class _LocalSurrounding(nn.Module):
+    """What CG and CG-Down blocks share: f_loc and f_sur of one input, concatenated for f_joi.
+
+    ``fused_on`` names the device types on which the pair runs as one fused Triton op with its own
+    backward (:mod:`cgnet.models.context_kernels`); :func:`use_fused_context` sets it for a network.
+    Tracing (TorchScript, ONNX) always records the two plain convolutions.
+    """
+
+    f_loc: nn.Conv2d
+    f_sur: nn.Conv2d
+    fused_on: frozenset[str] = frozenset()
+
+    def joint_features(self, y: torch.Tensor) -> torch.Tensor:
+        if y.device.type in self.fused_on and not torch.jit.is_tracing():
+            return torch.ops.cgnet.context_pair(
+                y, self.f_loc.weight, self.f_sur.weight, self.f_sur.dilation[0]
+            )
+        return torch.cat([self.f_loc(y), self.f_sur(y)], 1)
+
+
+def use_fused_context(net: nn.Module, enabled: bool = True) -> int:
+    """Switch every CG and CG-Down block of ``net`` to (or back from) the fused f_loc + f_sur op
+    where it can run (CUDA, or the CPU under Triton's interpreter); returns how many blocks.
+
+    Enabling imports triton (an ImportError says how to install it); disabling never does.
+    """
+    devices: frozenset[str] = frozenset()
+    if enabled:
+        from cgnet.models import context_kernels  # registers torch.ops.cgnet.context_pair
+
+        devices = frozenset({"cuda", "cpu"} if context_kernels.INTERPRETED else {"cuda"})
+    blocks = [m for m in net.modules() if isinstance(m, _LocalSurrounding)]
+    for block in blocks:
+        block.fused_on = devices
+    return len(blocks)
+
+
+class CGBlock(_LocalSurrounding):
     """Context Guided block: joint local (f_loc) and surrounding (f_sur) features, refined by f_glo.
 
     ``residual='global'`` (GRL, the paper's choice) adds the input after f_glo, ``'local'`` (LRL) adds it
@@ -124,7 +161,7 @@ class CGBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_in(x)
-        y = self.f_joi(torch.cat([self.f_loc(y), self.f_sur(y)], 1))
+        y = self.f_joi(self.joint_features(y))
         if self.residual == "local":
             y = y + x
         y = self.f_glo(y)
@@ -133,7 +170,7 @@ class CGBlock(nn.Module):
         return y
 
 
-class CGDownBlock(nn.Module):
+class CGDownBlock(_LocalSurrounding):
     """Down-sampling CG block that opens stages 2 and 3: a 3x3 stride-2 conv feeds f_loc and f_sur,
     then a 1x1 ``reduce`` halves the joint features before f_glo. It has no residual."""
 
@@ -160,7 +197,7 @@ class CGDownBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_in(x)
-        y = self.f_joi(torch.cat([self.f_loc(y), self.f_sur(y)], 1))
+        y = self.f_joi(self.joint_features(y))
         return self.f_glo(self.reduce(y))
 
 
