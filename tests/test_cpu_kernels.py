@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cgnet.inference import cpu_kernels, fold_network, optimize
-from cgnet.inference import fast as fast_inference
 from cgnet.inference.fast import FastCGBlock, FoldedConv, Join
 from cgnet.inference.predictor import class_map
 from cgnet.models import CGNet
@@ -45,7 +44,7 @@ def fresh_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pat
     monkeypatch.setenv("CGNET_CACHE_DIR", str(tmp_path))
     cpu_kernels.library.cache_clear()
     cpu_kernels.unavailable_reason.cache_clear()
-    fast_inference._warn_once.cache_clear()
+    cpu_kernels._warn_once.cache_clear()
     yield tmp_path
     cpu_kernels.library.cache_clear()
     cpu_kernels.unavailable_reason.cache_clear()
@@ -162,6 +161,46 @@ def test_class_argmax_matches_torch(classes: int) -> None:
     assert torch.equal(cpu_kernels.class_argmax(wide), wide.argmax(1).to(torch.uint8))
 
 
+def torch_prelu_grads(grad: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    x, slope = x.clone().requires_grad_(), slope.clone().requires_grad_()
+    gx, gs = torch.autograd.grad(F.prelu(x, slope), (x, slope), grad)
+    return gx, gs
+
+
+# pixels off the 8-wide vectors and off the 256-pixel row blocks, one pixel, wide channels
+@pytest.mark.parametrize("shape", [(2, 5, 9, 13), (1, 32, 17, 33), (3, 3, 1, 1), (1, 256, 4, 4)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_prelu_backward_matches_torch(shape: tuple[int, ...], layout: str) -> None:
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape)
+    x.view(-1)[::7] = 0.0  # x == 0 takes the slope, as torch's x > 0 test does
+    x = x.contiguous(memory_format=fmt)
+    grad = torch.randn(shape).contiguous(memory_format=fmt)
+    slope = torch.rand(shape[1])
+    got_x, got_slope = cpu_kernels.prelu_backward(grad, x, slope)
+    want_x, want_slope = torch_prelu_grads(grad, x, slope)
+    assert torch.equal(got_x, want_x)  # one multiply each: the same bits
+    assert got_x.is_contiguous(memory_format=fmt)
+    close(got_slope, want_slope)
+    # a gradient in the other layout is brought to x's
+    other = grad.contiguous(memory_format=torch.contiguous_format if fmt == CL else CL)
+    assert torch.equal(cpu_kernels.prelu_backward(other, x, slope)[0], want_x)
+
+
+def test_prelu_slope_gradient_does_not_depend_on_threads() -> None:
+    x, grad = torch.randn(4, 16, 37, 41), torch.randn(4, 16, 37, 41)
+    slope = torch.rand(16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_kernels.prelu_backward(grad, x, slope)[1]
+        torch.set_num_threads(2)
+        two = cpu_kernels.prelu_backward(grad, x, slope)[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
 def test_class_map_takes_the_kernel_or_torch() -> None:
     logits = torch.randn(2, 5, 9, 11).contiguous(memory_format=CL)
     expected = logits.argmax(1).to(torch.uint8)
@@ -184,6 +223,8 @@ def test_bad_tensors_are_refused_by_name() -> None:
         cpu_kernels.cg_joint(y, w, b, w, b, torch.randn(8), 2)
     with pytest.raises(ValueError, match="differ in batch or size"):
         cpu_kernels.join([y, torch.randn(1, 3, 2, 4)], torch.randn(11), torch.randn(11), None)
+    with pytest.raises(ValueError, match=r"prelu_backward: grad \(1, 8, 4, 2\) and slope \(8\)"):
+        cpu_kernels.prelu_backward(torch.randn(1, 8, 4, 2), y, torch.randn(8))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +313,7 @@ def test_no_compiler_falls_back_to_torch_ops(
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert cpu_kernels.unavailable_reason() == "no C++ compiler found ($CXX, c++, g++ or clang++)"
     network = CGNet(5, M=2, N=3)
-    with caplog.at_level(logging.WARNING, logger="cgnet.inference.fast"):
+    with caplog.at_level(logging.WARNING, logger="cgnet.inference.cpu_kernels"):
         plain = optimize(network)
         optimize(network)
     assert plain.net.kernels is None

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from cgnet.losses import SegmentationLoss
 from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
-from cgnet.models import CGNet, use_fused_context, use_space_to_batch
+from cgnet.models import CGNet, use_cpu_prelu, use_fused_context, use_space_to_batch
 from cgnet.nonfinite import NonFiniteWatch
 from cgnet.normalization import OFFICIAL_MEAN, OFFICIAL_STD, Normalize
 
@@ -65,6 +65,9 @@ class SegmentationModule(pl.LightningModule):
             so on GPUs only: CPU training steps are faster in NCHW (docs/benchmarks.md).
         space_to_batch: train f_sur's dilated convolutions on the CPU in their space-to-batch
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
+        cpu_prelu: train the PReLUs on the CPU with a one-pass C++ backward
+            (:mod:`cgnet.models.cpu_prelu`): the same input gradients, 10-17x faster than torch's;
+            torch's runs if the kernels cannot be built (said once).
         fused_context: on GPUs, run each CG block's f_loc + f_sur (forward and backward) as one
             fused Triton op (:mod:`cgnet.models.context_kernels`); the same results to float
             rounding, and deterministic. Off by default until measured on GPUs (docs/benchmarks.md).
@@ -94,6 +97,7 @@ class SegmentationModule(pl.LightningModule):
         class_to_category: Sequence[int] | None = None,
         channels_last: bool | None = None,
         space_to_batch: bool = True,
+        cpu_prelu: bool = True,
         fused_context: bool = False,
         compile: bool = False,
         compile_mode: CompileMode | None = None,
@@ -152,8 +156,9 @@ class SegmentationModule(pl.LightningModule):
         return net(x)
 
     def setup(self, stage: str) -> None:
-        """Pick the memory format, the non-finite read interval and the fused f_loc + f_sur op for
-        the device the run uses (a CPU machine never imports triton for a fused_context checkpoint).
+        """Pick the memory format, the non-finite read interval and the fused ops (the CPU's PReLU
+        backward, the GPU's f_loc + f_sur) for the device the run uses: a CPU machine never imports
+        triton for a fused_context checkpoint, nor does a GPU run build the C++ kernels.
 
         This runs before the strategy moves and wraps the module: DDP's gradient buckets must see
         the parameters in their final layout, or every step warns about (and copies) mismatched
@@ -165,6 +170,8 @@ class SegmentationModule(pl.LightningModule):
             self.nonfinite = NonFiniteWatch(every or (GPU_NONFINITE_CHECK_EVERY if on_gpu else 1))
             if self.channels_last:
                 self.net.to(memory_format=torch.channels_last)
+            if not on_gpu and self.hparams.get("cpu_prelu", True):
+                use_cpu_prelu(self.net)
             if self.hparams.get("fused_context"):
                 if on_gpu:
                     use_fused_context(self.net)

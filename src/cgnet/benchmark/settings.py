@@ -34,6 +34,7 @@ class TrainThroughputSettings:
     warmup: int
     channels_last: bool | None = None  # None: channels-last on GPUs only, as training does
     space_to_batch: bool = True
+    cpu_prelu: bool = True  # PReLU's one-pass C++ backward, CPU only
     compile: bool
     reuse_memory: bool
     bf16: bool = False  # bf16-mixed autocast, CUDA only

@@ -84,6 +84,7 @@ def render(result: dict[str, Any]) -> list[Table]:
             "setting",
             "channels_last",
             "space_to_batch",
+            "cpu_prelu",
             "compile",
             "reuse_memory",
             "bf16",
@@ -100,6 +101,7 @@ def render(result: dict[str, Any]) -> list[Table]:
                 row["setting"],
                 str(row["channels_last"]),
                 str(row.get("space_to_batch", False)),
+                str(row.get("cpu_prelu", False)),
                 str(row["compile"]),
                 str(row["reuse_memory"]),
                 str(row.get("bf16", False)),
@@ -158,14 +160,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("training"):
         lines += [
             "",
-            "| training setting | channels_last | space_to_batch | compile | reuse_memory | bf16"
-            " | fused_context | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| training setting | channels_last | space_to_batch | cpu_prelu | compile | reuse_memory"
+            " | bf16 | fused_context | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["training"]:
             lines.append(
                 f"| {row['setting']} | {row['channels_last']} | "
-                f"{row.get('space_to_batch', False)} | {row['compile']} | "
+                f"{row.get('space_to_batch', False)} | {row.get('cpu_prelu', False)} | "
+                f"{row['compile']} | "
                 f"{row['reuse_memory']} | {row.get('bf16', False)} | "
                 f"{row.get('fused_context', False)} | "
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "

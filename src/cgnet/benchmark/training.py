@@ -19,7 +19,7 @@ from cgnet.benchmark.measure import Latency, profile_call, synchronize
 from cgnet.benchmark.settings import TrainThroughputSettings
 from cgnet.benchmark.variants import ModelSpec
 from cgnet.benchmark.worker import Worker, request_profile
-from cgnet.models import CGNet, use_fused_context, use_space_to_batch
+from cgnet.models import CGNet, use_cpu_prelu, use_fused_context, use_space_to_batch
 from cgnet.normalization import Normalize
 from cgnet.runtime import reuse_cpu_memory
 
@@ -42,6 +42,7 @@ class TrainJob:
         space_to_batch: bool = False,
         bf16: bool = False,
         fused_context: bool = False,
+        cpu_prelu: bool = False,
     ) -> None:
         self.device = torch.device(device)
         if bf16 and self.device.type != "cuda":
@@ -53,6 +54,7 @@ class TrainJob:
         net = CGNet(spec.num_classes, **spec.model).to(self.device).train()
         use_space_to_batch(net, space_to_batch)
         use_fused_context(net, fused_context)
+        use_cpu_prelu(net, cpu_prelu)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=self.fmt)
         self.forward: Callable[[Tensor], Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
@@ -94,6 +96,7 @@ def compared_settings(
         "compile": False,
         "reuse_memory": False,
         "space_to_batch": False,
+        "cpu_prelu": False,
     }
     project = {
         # null: as SegmentationModule, channels-last on GPUs only
@@ -101,6 +104,7 @@ def compared_settings(
         "compile": tt.compile,
         "reuse_memory": tt.reuse_memory,
         "space_to_batch": tt.space_to_batch,
+        "cpu_prelu": tt.cpu_prelu and device.type == "cpu",
         "bf16": tt.bf16,
     }
     settings = {"plain eager": plain_eager, "project settings": project}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -34,14 +35,18 @@ from torch.profiler import record_function
 
 from cgnet.cache import cache_dir
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SOURCE",
     "activate_",
     "available",
+    "available_or_warn",
     "cg_joint",
     "class_argmax",
     "join",
     "library",
+    "prelu_backward",
     "resize_bilinear",
     "unavailable_reason",
 ]
@@ -58,6 +63,8 @@ _SIGNATURES: dict[str, list[type]] = {
     "cgnet_activate_inplace": [_P, _P, _INT, _I64, _I64, _INT],
     "cgnet_resize_bilinear": [_P, _P, _P, *[_I64] * 6, *[_P] * 8, _INT],
     "cgnet_class_argmax": [_P, _P, _I64, _I64, _INT],
+    "cgnet_prelu_backward_planes": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "cgnet_prelu_backward_rows": [_P, _P, _P, _P, _P, _I64, _I64, _INT],
 }
 
 
@@ -151,6 +158,19 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def available_or_warn() -> bool:
+    """Whether the kernels are at hand; if not, says why once per process (torch's ops run instead)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        _warn_once(reason)
+    return reason is None
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+    log.warning("fused CPU kernels unavailable (%s); using torch's ops", reason)
 
 
 def _check(x: Tensor, name: str) -> None:
@@ -268,6 +288,41 @@ def activate_(x: Tensor, slope: Tensor | None) -> Tensor:
         x.data_ptr(), _ptr(slope), act, n * h * w, c, torch.get_num_threads()
     )
     return x
+
+
+def prelu_backward(grad: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tensor]:
+    """PReLU's gradients with respect to ``x`` and ``slope`` in one pass (training on the CPU).
+
+    ``x`` NCHW or channels-last; ``grad`` is brought to ``x``'s layout; the input gradient comes
+    back in it. The slope's gradient is summed in a fixed order, whatever the thread count.
+    """
+    _check(x, "prelu_backward")
+    _check(grad, "prelu_backward")
+    n, c, h, w = x.shape
+    if grad.shape != x.shape or slope.numel() != c:
+        raise ValueError(
+            f"prelu_backward: grad {tuple(grad.shape)} and slope ({slope.numel()}) must match "
+            f"x {tuple(x.shape)}"
+        )
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, grad = x.contiguous(memory_format=fmt), grad.contiguous(memory_format=fmt)
+    slope32 = slope.detach().float().contiguous()
+    grad_x = torch.empty_like(x)
+    threads = torch.get_num_threads()
+    if channels_last:
+        partial = torch.empty(-(-n * h * w // 256), c)
+        library().cgnet_prelu_backward_rows(
+            x.data_ptr(), grad.data_ptr(), slope32.data_ptr(), grad_x.data_ptr(),
+            partial.data_ptr(), n * h * w, c, threads,
+        )  # fmt: skip
+    else:
+        partial = torch.empty(n, c)
+        library().cgnet_prelu_backward_planes(
+            x.data_ptr(), grad.data_ptr(), slope32.data_ptr(), grad_x.data_ptr(),
+            partial.data_ptr(), n, c, h * w, threads,
+        )  # fmt: skip
+    return grad_x, partial.sum(0).to(slope.dtype)
 
 
 def _linear_taps(size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -14,8 +14,6 @@ when a compiler is at hand); on CUDA ``kernels=True`` runs the CG blocks through
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal
@@ -32,7 +30,6 @@ from cgnet.runtime import flush_denormals, reuse_cpu_memory
 
 __all__ = ["Backend", "FastCGNet", "fold_network", "optimize"]
 
-log = logging.getLogger(__name__)
 
 # Where the fused kernels come from: Triton (CUDA, or the CPU under its interpreter) or the compiled
 # C++ kernels (CPU, channels-last).
@@ -462,11 +459,6 @@ def optimize(
     return runner
 
 
-@functools.cache
-def _warn_once(reason: str) -> None:
-    log.warning("fused CPU kernels unavailable (%s); using torch's ops", reason)
-
-
 def _use_cpu_kernels(
     wanted: bool | None, *, device: torch.device, channels_last: bool, compile: bool
 ) -> bool:
@@ -477,10 +469,7 @@ def _use_cpu_kernels(
     if wanted is None:
         if not fits:
             return False
-        reason = cpu_ops.unavailable_reason()
-        if reason is not None:
-            _warn_once(reason)
-        return reason is None
+        return cpu_ops.available_or_warn()
     if not fits:
         raise ValueError(
             "cpu_kernels=True needs device='cpu', channels-last and no compile "

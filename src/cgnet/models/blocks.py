@@ -19,10 +19,43 @@ Residual = Literal["global", "local", "none"]
 OFFICIAL_BN_EPS = 1e-3
 
 
+class PReLU(nn.PReLU):
+    """The per-channel PReLU (an ``nn.PReLU``: same parameter, same keys), which can train on the CPU
+    with a one-pass backward (:mod:`cgnet.models.cpu_prelu`); :func:`use_cpu_prelu` switches it."""
+
+    cpu_backward: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.cpu_backward
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+        ):
+            return torch.ops.cgnet.prelu(x, self.weight)
+        return super().forward(x)
+
+
+def use_cpu_prelu(net: nn.Module, enabled: bool = True) -> int:
+    """Train every PReLU of ``net`` on the CPU with the one-pass backward (or switch back); returns
+    how many use it: 0 when the C++ kernels cannot be built here (said once; torch's runs instead)."""
+    if enabled:
+        from cgnet.inference import cpu_kernels
+
+        enabled = cpu_kernels.available_or_warn()
+        if enabled:
+            import cgnet.models.cpu_prelu  # noqa: F401  (registers torch.ops.cgnet.prelu)
+    activations = [m for m in net.modules() if isinstance(m, PReLU)]
+    for act in activations:
+        act.cpu_backward = enabled
+    return len(activations) if enabled else 0
+
+
 def make_activation(kind: Activation, channels: int) -> nn.Module:
     """The paper uses a per-channel PReLU everywhere; ReLU is its ablation."""
     if kind == "prelu":
-        return nn.PReLU(channels)
+        return PReLU(channels)
     if kind == "relu":
         return nn.ReLU(inplace=True)
     raise ValueError(f"activation must be 'prelu' or 'relu', got {kind!r}")

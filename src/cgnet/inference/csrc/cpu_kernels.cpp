@@ -170,6 +170,60 @@ void cgnet_activate_inplace(float *x, const float *slope, int act, int64_t P, in
     }
 }
 
+// PReLU's backward, for training on the CPU: grad_x = g where x > 0, else g * slope[c], and the
+// slope's gradient, the sum of g * x where x <= 0, as partial sums that the caller adds up in a fixed
+// order (so the result does not depend on the thread count). torch computes the same in several
+// passes with a full-size temporary. NCHW: x, g and grad_x are N * C planes of HW values, and
+// partial gets one sum per plane.
+void cgnet_prelu_backward_planes(const float *x, const float *g, const float *slope, float *grad_x,
+                                 float *partial, int64_t N, int64_t C, int64_t HW, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t plane = 0; plane < N * C; ++plane) {
+        const float a = slope[plane % C];
+        const v8 av = v8{} + a;
+        const float *xp = x + plane * HW, *gp = g + plane * HW;
+        float *op = grad_x + plane * HW;
+        v8 acc{};
+        int64_t i = 0;
+        for (; i + 8 <= HW; i += 8) {
+            const v8 xv = load(xp + i), gv = load(gp + i);
+            const auto positive = xv > 0.f;
+            store(op + i, positive ? gv : gv * av);
+            acc += positive ? v8{} : gv * xv;
+        }
+        float sum = 0.f;
+        for (int k = 0; k < 8; ++k) sum += acc[k];
+        for (; i < HW; ++i) {
+            const float xv = xp[i], gv = gp[i];
+            op[i] = xv > 0.f ? gv : gv * a;
+            sum += xv > 0.f ? 0.f : gv * xv;
+        }
+        partial[plane] = sum;
+    }
+}
+
+// The same for channels-last x, g and grad_x [P, C]: blocks of 256 pixels, partial [blocks, C].
+void cgnet_prelu_backward_rows(const float *x, const float *g, const float *slope, float *grad_x,
+                               float *partial, int64_t P, int64_t C, int threads) {
+    const int64_t block = 256, blocks = (P + block - 1) / block;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+        float *acc = partial + b * C;
+        for (int64_t c = 0; c < C; ++c) acc[c] = 0.f;
+        const int64_t p1 = (b + 1) * block < P ? (b + 1) * block : P;
+        for (int64_t p = b * block; p < p1; ++p) {
+            const float *xr = x + p * C, *gr = g + p * C;
+            float *orow = grad_x + p * C;
+            for (int64_t c = 0; c < C; ++c) {
+                const float xv = xr[c], gv = gr[c];
+                const bool positive = xv > 0.f;
+                orow[c] = positive ? gv : gv * slope[c];
+                acc[c] += positive ? 0.f : gv * xv;
+            }
+        }
+    }
+}
+
 // Bilinear resize (align_corners=False, as torch computes its source coordinates) of channels-last
 // x [N, h, w, C] to out [N, H, W, C], in two separable passes: along W into rows [N, h, W, C]
 // (caller's scratch), then along H, a contiguous blend of two such rows per output row. The output
