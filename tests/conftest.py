@@ -21,6 +21,12 @@ REFERENCE = REPO / "tests" / "fixtures" / "reference"
 REFERENCE_FILES = ("cgnet_official_camvid_m3n21.pth", "official_camvid_logits.pt")
 
 
+@pytest.fixture
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ kernels build into (or are found in) one cache of this test session, not the user's."""
+    monkeypatch.setenv("CGNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
@@ -22,6 +25,50 @@ from cgnet.models.blocks import CGBlock, CGDownBlock
 
 REPO = Path(__file__).resolve().parents[1]
 M = TypeVar("M", bound=nn.Module)
+
+# The Triton kernels' tests: dtypes, tolerances against a float32 reference computed from the same
+# rounded inputs (so only the output rounding differs: 2**-11 for float16, 2**-8 for bfloat16), and
+# (batch, channels, height, width, f_sur dilation) shapes: odd sizes, planes smaller than the dilation.
+KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KERNEL_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+KERNEL_ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+KERNEL_SHAPES = [(2, 8, 9, 13, 2), (2, 16, 17, 33, 4), (1, 32, 3, 5, 4), (2, 12, 1, 1, 2)]
+
+
+def triton_test_device() -> torch.device:
+    """Where the Triton kernels' tests run: CUDA when there is a GPU and TRITON_INTERPRET is not 1,
+    else the CPU under the interpreter (switched on here, since triton.jit picks the interpreter
+    when it decorates). ``CGNET_KERNEL_TESTS_DEVICE=cuda|cpu`` forces the choice."""
+    forced = os.environ.get("CGNET_KERNEL_TESTS_DEVICE")
+    if forced:
+        device = torch.device(forced)
+    elif torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        device = torch.device("cuda")
+    else:
+        device = torch.device("cpu")
+    if device.type == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    return device
+
+
+def import_triton_kernels(name: str, device: torch.device) -> ModuleType:
+    """A module of Triton kernels, checked to be decorated for ``device`` (compiled for CUDA, the
+    interpreter for the CPU). Missing triton fails on Linux, where the dev extra installs it."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("CGNET_KERNEL_TESTS_DEVICE=cuda but torch sees no GPU", pytrace=False)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        if sys.platform == "linux":
+            pytest.fail(f"triton is missing from the dev environment: {error}", pytrace=False)
+        pytest.skip(f"no triton on {sys.platform}")
+    if module.INTERPRETED is not (device.type == "cpu"):
+        pytest.fail(
+            f"{name} was imported with INTERPRETED={module.INTERPRETED} for tests on {device}; "
+            "run these tests with TRITON_INTERPRET set accordingly",
+            pytrace=False,
+        )
+    return module
 
 
 def randomize_statistics(module: M, seed: int = 1) -> M:

@@ -30,12 +30,7 @@ def close(got: Tensor, expected: Tensor) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.fixture(autouse=True)
-def built_kernels(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every test builds into (or finds in) one cache of this session, not the user's."""
-    monkeypatch.setenv("CGNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
+pytestmark = pytest.mark.usefixtures("kernel_cache")
 
 
 @pytest.fixture

@@ -31,52 +31,27 @@ from cgnet.inference import fold_network, optimize
 from cgnet.inference.fast import FastCGBlock, FastFGlo, Join
 from cgnet.models import CGNet
 from cgnet.models.blocks import CGBlock, FGlo
-from helpers import CG_BLOCKS, joint_reference, randomize_statistics
+from helpers import (
+    CG_BLOCKS,
+    import_triton_kernels,
+    joint_reference,
+    randomize_statistics,
+    triton_test_device,
+)
+from helpers import KERNEL_ATOL as ATOL
+from helpers import KERNEL_DTYPES as DTYPES
+from helpers import KERNEL_RTOL as RTOL
+from helpers import KERNEL_SHAPES as SHAPES
 
-
-def _device() -> torch.device:
-    forced = os.environ.get("CGNET_KERNEL_TESTS_DEVICE")
-    if forced:
-        return torch.device(forced)
-    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-DEVICE = _device()
-if DEVICE.type == "cpu":
-    # triton.jit picks the interpreter when it decorates, so this precedes importing the kernels.
-    os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = triton_test_device()  # before the kernels are imported
 
 M = TypeVar("M", bound=nn.Module)
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
-# (batch, channels, height, width, f_sur dilation): odd sizes, and planes smaller than the dilation
-SHAPES = [(2, 8, 9, 13, 2), (2, 16, 17, 33, 4), (1, 32, 3, 5, 4), (2, 12, 1, 1, 2)]
 
 
 @pytest.fixture(scope="module")
 def kernels() -> ModuleType:
     """cgnet.inference.kernels, decorated for the chosen device."""
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        pytest.fail("CGNET_KERNEL_TESTS_DEVICE=cuda but torch sees no GPU", pytrace=False)
-    try:
-        module = importlib.import_module("cgnet.inference.kernels")
-    except ImportError as error:
-        if sys.platform == "linux":  # the dev extra installs triton there
-            pytest.fail(f"triton is missing from the dev environment: {error}", pytrace=False)
-        pytest.skip(f"no triton on {sys.platform}")
-    interpreted = DEVICE.type == "cpu"
-    if module.INTERPRETED is not interpreted:
-        pytest.fail(
-            f"cgnet.inference.kernels was imported with INTERPRETED={module.INTERPRETED} before "
-            f"this module chose {DEVICE}; run these tests with TRITON_INTERPRET set accordingly",
-            pytrace=False,
-        )
-    return module
+    return import_triton_kernels("cgnet.inference.kernels", DEVICE)
 
 
 @pytest.fixture(autouse=True)

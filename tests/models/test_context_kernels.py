@@ -13,7 +13,6 @@ a float32 reference computed from the same rounded inputs, so only the output ro
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -28,36 +27,19 @@ from cgnet.benchmark.variants import ModelSpec
 from cgnet.models import CGNet, use_fused_context
 from cgnet.models.blocks import CGBlock, CGDownBlock
 from cgnet.module import SegmentationModule
+from helpers import KERNEL_ATOL as ATOL
+from helpers import KERNEL_DTYPES as DTYPES
+from helpers import KERNEL_RTOL as RTOL
+from helpers import KERNEL_SHAPES as SHAPES
+from helpers import import_triton_kernels, triton_test_device
 
-DEVICE = torch.device(
-    os.environ.get("CGNET_KERNEL_TESTS_DEVICE")
-    or (
-        "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-    )
-)
-if DEVICE.type == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported (conftest also sets it)
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
-# (batch, channels, height, width, f_sur dilation): odd sizes, planes smaller than the dilation
-SHAPES = [(2, 8, 9, 13, 2), (2, 16, 17, 33, 4), (1, 5, 3, 5, 4), (2, 12, 1, 1, 2)]
+DEVICE = triton_test_device()  # before triton is first imported
 
 
 @pytest.fixture(scope="module")
 def ck() -> ModuleType:
     """cgnet.models.context_kernels, decorated for the chosen device."""
-    from cgnet.models import context_kernels
-
-    if context_kernels.INTERPRETED is not (DEVICE.type == "cpu"):
-        pytest.fail(
-            f"context_kernels was imported with INTERPRETED={context_kernels.INTERPRETED} for "
-            f"tests on {DEVICE}; set TRITON_INTERPRET accordingly",
-            pytrace=False,
-        )
-    return context_kernels
+    return import_triton_kernels("cgnet.models.context_kernels", DEVICE)
 
 
 @pytest.fixture(autouse=True)

@@ -15,12 +15,7 @@ from cgnet.models import CGNet, use_cpu_prelu
 from cgnet.models.blocks import PReLU
 from cgnet.module import SegmentationModule
 
-
-@pytest.fixture(autouse=True)
-def _kernel_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CGNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernel-cache"))
+pytestmark = pytest.mark.usefixtures("kernel_cache")
 
 
 @pytest.fixture

@@ -44,6 +44,27 @@ _PIXELS_PER_WEIGHT_PROGRAM = 8192  # pixels each weight-gradient program sums be
 
 
 @triton.jit
+def _tile(C, H, W, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    # This program's tile: its image, channels (and which exist), the pixels that exist, and their
+    # rows and columns (a BLOCK_C x BLOCK_HW grid of indices).
+    b = tl.program_id(1).to(tl.int64)
+    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c_ok = cs < C
+    inside = c_ok[:, None] & (offs < H * W)[None, :]
+    return b, cs, c_ok, inside, (offs // W)[None, :], (offs % W)[None, :]
+
+
+@triton.jit
+def _shifted(base, h, w, dh, dw, inside, H, W, s_h, s_w):
+    # The plane at (h + dh, w + dw) in float32, zero outside it (the convolutions' zero padding).
+    hh = h + dh
+    ww = w + dw
+    ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    return tl.load(base + hh * s_h + ww * s_w, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _forward_kernel(
     y_ptr,
     w_loc_ptr,
@@ -66,14 +87,7 @@ def _forward_kernel(
 ):
     # One program: BLOCK_C channels x BLOCK_HW pixels of one image. Each input tap is read once
     # for both branches (the centre tap is shared); f_loc goes to channel c, f_sur to C + c.
-    pid_hw = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_ok = cs < C
-    inside = c_ok[:, None] & (offs < H * W)[None, :]
-    h = (offs // W)[None, :]
-    w = (offs % W)[None, :]
+    b, cs, c_ok, inside, h, w = _tile(C, H, W, BLOCK_C, BLOCK_HW)
     src = y_ptr + b * y_sb + cs.to(tl.int64)[:, None] * y_sc
     loc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     sur = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
@@ -82,19 +96,11 @@ def _forward_kernel(
             tap = i * 3 + j
             w_loc = tl.load(w_loc_ptr + cs * 9 + tap, mask=c_ok, other=0.0).to(tl.float32)
             w_sur = tl.load(w_sur_ptr + cs * 9 + tap, mask=c_ok, other=0.0).to(tl.float32)
-            hh = h + (i - 1)
-            ww = w + (j - 1)
-            ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            v = tl.load(src + hh * y_sh + ww * y_sw, mask=ok, other=0.0).to(tl.float32)
+            v = _shifted(src, h, w, i - 1, j - 1, inside, H, W, y_sh, y_sw)
             loc += v * w_loc[:, None]
-            if tap == 4:
-                sur += v * w_sur[:, None]
-            else:
-                hh = h + (i - 1) * DIL
-                ww = w + (j - 1) * DIL
-                ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                v = tl.load(src + hh * y_sh + ww * y_sw, mask=ok, other=0.0).to(tl.float32)
-                sur += v * w_sur[:, None]
+            if tap != 4:
+                v = _shifted(src, h, w, (i - 1) * DIL, (j - 1) * DIL, inside, H, W, y_sh, y_sw)
+            sur += v * w_sur[:, None]
     dst = out_ptr + b * o_sb + cs.to(tl.int64)[:, None] * o_sc + h * o_sh + w * o_sw
     tl.store(dst, loc.to(out_ptr.dtype.element_ty), mask=inside)
     tl.store(dst + C * o_sc, sur.to(out_ptr.dtype.element_ty), mask=inside)
@@ -123,14 +129,7 @@ def _input_grad_kernel(
 ):
     # The transposed convolutions of both branches in one pass: input pixel p collects the joint
     # gradient at p - offset(tap) times the tap's weight, from f_loc's half and from f_sur's.
-    pid_hw = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_ok = cs < C
-    inside = c_ok[:, None] & (offs < H * W)[None, :]
-    h = (offs // W)[None, :]
-    w = (offs % W)[None, :]
+    b, cs, c_ok, inside, h, w = _tile(C, H, W, BLOCK_C, BLOCK_HW)
     g_loc = g_ptr + b * g_sb + cs.to(tl.int64)[:, None] * g_sc
     g_sur = g_loc + C * g_sc
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
@@ -139,15 +138,9 @@ def _input_grad_kernel(
             tap = i * 3 + j
             w_loc = tl.load(w_loc_ptr + cs * 9 + tap, mask=c_ok, other=0.0).to(tl.float32)
             w_sur = tl.load(w_sur_ptr + cs * 9 + tap, mask=c_ok, other=0.0).to(tl.float32)
-            hh = h - (i - 1)
-            ww = w - (j - 1)
-            ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            v = tl.load(g_loc + hh * g_sh + ww * g_sw, mask=ok, other=0.0).to(tl.float32)
+            v = _shifted(g_loc, h, w, 1 - i, 1 - j, inside, H, W, g_sh, g_sw)
             acc += v * w_loc[:, None]
-            hh = h - (i - 1) * DIL
-            ww = w - (j - 1) * DIL
-            ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            v = tl.load(g_sur + hh * g_sh + ww * g_sw, mask=ok, other=0.0).to(tl.float32)
+            v = _shifted(g_sur, h, w, (1 - i) * DIL, (1 - j) * DIL, inside, H, W, g_sh, g_sw)
             acc += v * w_sur[:, None]
     dst = gy_ptr + b * y_sb + cs.to(tl.int64)[:, None] * y_sc + h * y_sh + w * y_sw
     tl.store(dst, acc.to(gy_ptr.dtype.element_ty), mask=inside)
@@ -191,22 +184,15 @@ def _weight_grad_kernel(
         inside = c_ok[:, None] & (offs < H * W)[None, :]
         h = (offs // W)[None, :]
         w = (offs % W)[None, :]
-        at = h * g_sh + w * g_sw
-        gl = tl.load(g_loc + at, mask=inside, other=0.0).to(tl.float32)
-        gs = tl.load(g_sur + at, mask=inside, other=0.0).to(tl.float32)
+        gl = _shifted(g_loc, h, w, 0, 0, inside, H, W, g_sh, g_sw)
+        gs = _shifted(g_sur, h, w, 0, 0, inside, H, W, g_sh, g_sw)
         for i in tl.static_range(3):
             for j in tl.static_range(3):
                 tap = i * 3 + j
-                hh = h + (i - 1)
-                ww = w + (j - 1)
-                ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                v = tl.load(src + hh * y_sh + ww * y_sw, mask=ok, other=0.0).to(tl.float32)
+                v = _shifted(src, h, w, i - 1, j - 1, inside, H, W, y_sh, y_sw)
                 acc_loc += tl.where(taps[None, :] == tap, tl.sum(gl * v, axis=1)[:, None], 0.0)
                 if tap != 4:
-                    hh = h + (i - 1) * DIL
-                    ww = w + (j - 1) * DIL
-                    ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                    v = tl.load(src + hh * y_sh + ww * y_sw, mask=ok, other=0.0).to(tl.float32)
+                    v = _shifted(src, h, w, (i - 1) * DIL, (j - 1) * DIL, inside, H, W, y_sh, y_sw)
                 acc_sur += tl.where(taps[None, :] == tap, tl.sum(gs * v, axis=1)[:, None], 0.0)
     row = (b * tl.num_programs(0) + pid_hw).to(tl.int64) * (2 * C * 9)
     dst = partial_ptr + row + cs[:, None] * 9 + taps[None, :]
