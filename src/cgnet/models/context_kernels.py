@@ -10,9 +10,9 @@ convolutions. Here the pair is three launches:
 - forward: one pass reads each input tile once and writes f_loc and f_sur straight into their halves
   of the ``[B, 2C, H, W]`` joint features;
 - input gradient: one pass gathers both branches' gradients through their flipped taps;
-- weight gradients: one pass over the joint gradient and the input accumulates all 18 taps per
-  channel into per-program partial sums, which torch reduces in a fixed order, so the result is
-  deterministic (no atomics).
+- weight gradients: one launch whose programs each take one of the nine taps (of both branches)
+  over a chunk of pixels, accumulating products elementwise and reducing once, into per-program
+  partial sums that torch adds up in a fixed order, so the result is deterministic (no atomics).
 
 The op is registered with ``torch.library`` (``cgnet::context_pair``), so ``torch.compile`` treats it
 as one opaque node with a known output shape and autograd calls its backward. Any strides work
@@ -167,38 +167,37 @@ def _weight_grad_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    # Tap t of channel c: the sum over pixels p of grad[c, p] * y[c, p + offset(t)]. A program sums
-    # ITERS tiles of one image and stores its 2 x BLOCK_C x 9 partial sums in its own row.
-    pid_hw = tl.program_id(0)
+    # Tap t of channel c: the sum over pixels p of grad[c, p] * y[c, p + offset(t)]. A program takes
+    # one tap of both branches over ITERS tiles of one image, accumulates the products elementwise
+    # and reduces them once at the end into its own row of partial sums. The nine taps of a chunk
+    # are neighbouring programs, so their repeated reads of the same tiles mostly hit the cache.
+    tap = tl.program_id(0) % 9
+    chunk = tl.program_id(0) // 9
+    i = tap // 3 - 1
+    j = tap % 3 - 1
     b = tl.program_id(1)
     cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cs < C
-    taps = tl.arange(0, 16)
     g_loc = g_ptr + b.to(tl.int64) * g_sb + cs.to(tl.int64)[:, None] * g_sc
     g_sur = g_loc + C * g_sc
     src = y_ptr + b.to(tl.int64) * y_sb + cs.to(tl.int64)[:, None] * y_sc
-    acc_loc = tl.zeros([BLOCK_C, 16], dtype=tl.float32)
-    acc_sur = tl.zeros([BLOCK_C, 16], dtype=tl.float32)
+    acc_loc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    acc_sur = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
     for it in range(0, ITERS):
-        offs = (pid_hw * ITERS + it) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        offs = (chunk * ITERS + it) * BLOCK_HW + tl.arange(0, BLOCK_HW)
         inside = c_ok[:, None] & (offs < H * W)[None, :]
         h = (offs // W)[None, :]
         w = (offs % W)[None, :]
-        gl = _shifted(g_loc, h, w, 0, 0, inside, H, W, g_sh, g_sw)
-        gs = _shifted(g_sur, h, w, 0, 0, inside, H, W, g_sh, g_sw)
-        for i in tl.static_range(3):
-            for j in tl.static_range(3):
-                tap = i * 3 + j
-                v = _shifted(src, h, w, i - 1, j - 1, inside, H, W, y_sh, y_sw)
-                acc_loc += tl.where(taps[None, :] == tap, tl.sum(gl * v, axis=1)[:, None], 0.0)
-                if tap != 4:
-                    v = _shifted(src, h, w, (i - 1) * DIL, (j - 1) * DIL, inside, H, W, y_sh, y_sw)
-                acc_sur += tl.where(taps[None, :] == tap, tl.sum(gs * v, axis=1)[:, None], 0.0)
-    row = (b * tl.num_programs(0) + pid_hw).to(tl.int64) * (2 * C * 9)
-    dst = partial_ptr + row + cs[:, None] * 9 + taps[None, :]
-    keep = c_ok[:, None] & (taps < 9)[None, :]
-    tl.store(dst, acc_loc, mask=keep)
-    tl.store(dst + C * 9, acc_sur, mask=keep)
+        acc_loc += _shifted(g_loc, h, w, 0, 0, inside, H, W, g_sh, g_sw) * _shifted(
+            src, h, w, i, j, inside, H, W, y_sh, y_sw
+        )
+        acc_sur += _shifted(g_sur, h, w, 0, 0, inside, H, W, g_sh, g_sw) * _shifted(
+            src, h, w, i * DIL, j * DIL, inside, H, W, y_sh, y_sw
+        )
+    row = (b * (tl.num_programs(0) // 9) + chunk).to(tl.int64) * (2 * C * 9)
+    dst = partial_ptr + row + cs * 9 + tap
+    tl.store(dst, tl.sum(acc_loc, axis=1), mask=c_ok)
+    tl.store(dst + C * 9, tl.sum(acc_sur, axis=1), mask=c_ok)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def _backward(
     iters = min(max(1, _PIXELS_PER_WEIGHT_PROGRAM // block_hw), triton.cdiv(h * w, block_hw))
     chunks = triton.cdiv(h * w, block_hw * iters)
     partial = torch.empty((b * chunks, 2, c, 9), dtype=torch.float32, device=y.device)
-    _weight_grad_kernel[(chunks, b, triton.cdiv(c, block_c))](
+    _weight_grad_kernel[(9 * chunks, b, triton.cdiv(c, block_c))](
         grad, y, partial, c, h, w, dilation, iters,
         *grad.stride(), *y.stride(), BLOCK_C=block_c, BLOCK_HW=block_hw,
     )  # fmt: skip
