@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from cgnet.errors import ConfigError
 from cgnet.losses import SegmentationLoss
 from cgnet.metrics import SegmentationConfusionMatrix, scores_from_confmat
 from cgnet.models import CGNet, use_cpu_prelu, use_fused_context, use_space_to_batch
@@ -174,7 +175,10 @@ class SegmentationModule(pl.LightningModule):
                 use_cpu_prelu(self.net)
             if self.hparams.get("fused_context"):
                 if on_gpu:
-                    use_fused_context(self.net)
+                    try:
+                        use_fused_context(self.net)
+                    except ImportError as error:
+                        raise ConfigError(f"module.fused_context=true: {error}") from None
                 else:
                     rank_zero_info(
                         "module.fused_context: the fused f_loc + f_sur op runs on CUDA only; this "

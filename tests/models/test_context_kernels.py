@@ -13,6 +13,7 @@ a float32 reference computed from the same rounded inputs, so only the output ro
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -21,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import cgnet.models
 from cgnet.benchmark import TrainJob, compared_settings
 from cgnet.benchmark.settings import TrainThroughputSettings
 from cgnet.benchmark.variants import ModelSpec
+from cgnet.errors import ConfigError
 from cgnet.models import CGNet, use_fused_context
 from cgnet.models.blocks import CGBlock, CGDownBlock
 from cgnet.module import SegmentationModule
@@ -231,3 +234,12 @@ def test_the_training_benchmark_times_a_fused_setting(ck: ModuleType) -> None:
     assert blocks and all(DEVICE.type in block.fused_on for block in blocks)
     assert job.step() > 0
     assert all(p.grad is not None for p in job.forward.parameters())
+
+
+def test_a_gpu_run_without_triton_is_one_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = SegmentationModule(5, model={"M": 2, "N": 2}, fused_context=True)
+    monkeypatch.setattr(module, "_run_device", lambda: torch.device("cuda"))
+    monkeypatch.setitem(sys.modules, "cgnet.models.context_kernels", None)  # import fails
+    monkeypatch.delattr(cgnet.models, "context_kernels", raising=False)  # even if imported before
+    with pytest.raises(ConfigError, match=r"^module\.fused_context=true: .*context_kernels"):
+        module.setup("fit")
