@@ -99,3 +99,17 @@ def test_the_module_switches_it_on_for_cpu_runs(tmp_path: Path) -> None:
     off = SegmentationModule(5, model={"M": 2, "N": 2}, cpu_prelu=False)
     off.setup("fit")
     assert not any(m.cpu_backward for m in off.net.modules() if isinstance(m, PReLU))
+
+
+def test_compiled_training_keeps_the_op() -> None:
+    """torch.compile sees one opaque node per PReLU (aot_eager: the fake kernel and the registered
+    backward, without inductor), and the gradients are the eager op's."""
+    net = CGNet(5, M=2, N=2).train()
+    use_cpu_prelu(net)
+    x = torch.randn(2, 3, 32, 48)
+    logits, grads = step(net, x)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    compiled_logits, compiled_grads = step(compiled, x)
+    torch.testing.assert_close(compiled_logits, logits)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[f"_orig_mod.{name}"], grad, msg=name)
