@@ -67,7 +67,7 @@ class SegmentationModule(pl.LightningModule):
         space_to_batch: train f_sur's dilated convolutions on the CPU in their space-to-batch
             form (:mod:`cgnet.models.space_to_batch`): exact, and 1.2x faster per step there.
         cpu_prelu: train the PReLUs on the CPU with a one-pass C++ backward
-            (:mod:`cgnet.models.cpu_prelu`): the same input gradients, 10-17x faster than torch's;
+            (:mod:`cgnet.models.cpu_prelu`): the same input gradients, 10-24x faster than torch's;
             torch's runs if the kernels cannot be built (said once).
         fused_context: on GPUs, run each CG block's f_loc + f_sur (forward and backward) as one
             fused Triton op (:mod:`cgnet.models.context_kernels`); the same results to float

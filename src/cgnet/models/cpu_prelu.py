@@ -4,7 +4,8 @@ torch computes PReLU's backward on the CPU in several passes with a full-size te
 slope's gradient: in a CPU training step of CGNet (batch 8, 256x256, 2 threads) its 54 calls took
 ~23% of the step. One C++ pass (:func:`cgnet.inference.cpu_kernels.prelu_backward`, built with the
 inference kernels by the machine's compiler) computes the input gradient (bit-identical to torch's)
-and the slope's gradient (summed in a fixed order) 10-17x faster. The forward stays torch's.
+and the slope's gradient (summed in a fixed order) 10-24x faster (batch 8, 32 to 256 channels, NCHW
+and channels-last, 2 threads). The forward stays torch's.
 
 The op is registered with ``torch.library`` for CPU tensors, so ``torch.compile`` sees one opaque
 node; :class:`cgnet.models.blocks.PReLU` calls it only for float32 CPU training with gradients on.
