@@ -63,11 +63,9 @@ class PredictSettings(TestTimeSettings):
 
 def validate(cfg: DictConfig) -> None:
     check_test_time(cfg, PredictSettings)
-    for key, least in (("batch_size", 1), ("workers", 0)):
+    for key, least in (("batch_size", 1), ("workers", 0)):  # their types: check_test_time
         value = cfg.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < least
-        ):
+        if value is not None and value < least:
             raise ConfigError(f"{key}: expected null or an integer >= {least}, got {value!r}")
     formats = list(plain(cfg.formats) or [])
     unknown = sorted(set(formats) - set(FORMATS))

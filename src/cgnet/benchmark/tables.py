@@ -80,18 +80,7 @@ def render(result: dict[str, Any]) -> list[Table]:
             tables.append(_profile_table(title, row["profile"]))
     if result.get("training"):
         train = Table(title="training throughput (normalise + forward + CE + backward + Adam)")
-        columns = (
-            "setting",
-            "channels_last",
-            "space_to_batch",
-            "cpu_prelu",
-            "compile",
-            "reuse_memory",
-            "bf16",
-            "fused_context",
-            "batch x crop",
-        )
-        for column in columns:
+        for column in ("setting", *TRAIN_SWITCHES, "batch x crop"):
             train.add_column(column)
         train.add_column("ms/step", justify="right")
         train.add_column("images/s", justify="right")
@@ -99,13 +88,7 @@ def render(result: dict[str, Any]) -> list[Table]:
         for row in result["training"]:
             train.add_row(
                 row["setting"],
-                str(row["channels_last"]),
-                str(row.get("space_to_batch", False)),
-                str(row.get("cpu_prelu", False)),
-                str(row["compile"]),
-                str(row["reuse_memory"]),
-                str(row.get("bf16", False)),
-                str(row.get("fused_context", False)),
+                *_switches(row),
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]}",
                 f"{row['step_ms']['median']:.0f}",
                 f"{row['images_per_s']:.2f}",
@@ -117,6 +100,22 @@ def render(result: dict[str, Any]) -> list[Table]:
                 title = f"where the {row['setting']} step spends its time (self time)"
                 tables.append(_profile_table(title, row["profile"]))
     return tables
+
+
+TRAIN_SWITCHES = (
+    "channels_last",
+    "space_to_batch",
+    "cpu_prelu",
+    "compile",
+    "reuse_memory",
+    "bf16",
+    "fused_context",
+)
+"""The training-step settings each table shows, in column order (absent in a row: False)."""
+
+
+def _switches(row: dict[str, Any]) -> list[str]:
+    return [str(row.get(key, False)) for key in TRAIN_SWITCHES]
 
 
 def _profile_table(title: str, ops: list[dict[str, Any]]) -> Table:
@@ -160,17 +159,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("training"):
         lines += [
             "",
-            "| training setting | channels_last | space_to_batch | cpu_prelu | compile | reuse_memory"
-            " | bf16 | fused_context | batch x crop | ms/step | q1-q3 ms | images/s | x eager |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| training setting | " + " | ".join(TRAIN_SWITCHES) + " | batch x crop | ms/step"
+            " | q1-q3 ms | images/s | x eager |",
+            "|---|" + "---|" * (len(TRAIN_SWITCHES) + 5),
         ]
         for row in result["training"]:
             lines.append(
-                f"| {row['setting']} | {row['channels_last']} | "
-                f"{row.get('space_to_batch', False)} | {row.get('cpu_prelu', False)} | "
-                f"{row['compile']} | "
-                f"{row['reuse_memory']} | {row.get('bf16', False)} | "
-                f"{row.get('fused_context', False)} | "
+                f"| {row['setting']} | " + " | ".join(_switches(row)) + " | "
                 f"{row['batch']} x {row['crop'][0]}x{row['crop'][1]} | "
                 f"{row['step_ms']['median']:.0f} | "
                 f"{row['step_ms']['q1']:.0f}-{row['step_ms']['q3']:.0f} | "

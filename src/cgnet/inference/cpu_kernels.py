@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SOURCE",
     "activate_",
-    "available",
     "available_or_warn",
     "cg_joint",
     "class_argmax",
@@ -154,10 +153,6 @@ def unavailable_reason() -> str | None:
     except KernelBuildError as error:
         return str(error)
     return None
-
-
-def available() -> bool:
-    return unavailable_reason() is None
 
 
 def available_or_warn() -> bool:
@@ -307,7 +302,7 @@ def prelu_backward(grad: Tensor, x: Tensor, slope: Tensor) -> tuple[Tensor, Tens
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x, grad = x.contiguous(memory_format=fmt), grad.contiguous(memory_format=fmt)
-    slope32 = slope.detach().float().contiguous()
+    _, slope32 = _activation(slope, c)
     grad_x = torch.empty_like(x)
     threads = torch.get_num_threads()
     if channels_last:

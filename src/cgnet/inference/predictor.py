@@ -109,7 +109,7 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
         and logits.dtype == torch.float32
         and logits.dim() == 4
         and 1 <= logits.shape[1] <= 256
-        and cpu_kernels.available()
+        and cpu_kernels.available_or_warn()
     ):
         return cpu_kernels.class_argmax(logits)
     return logits.argmax(1).to(torch.uint8)
