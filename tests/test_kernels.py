@@ -17,6 +17,7 @@ import importlib
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TypeVar
@@ -25,6 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import cgnet.inference
 from cgnet.inference import fold_network, optimize
@@ -251,6 +253,57 @@ def test_fast_block_kernels_in_low_precision(kernels: ModuleType, dtype: torch.d
     torch.testing.assert_close(
         got.float(), expected, rtol=4 * RTOL[dtype], atol=4 * RTOL[dtype] * scale
     )
+
+
+def test_kernel_params_follow_their_sources(kernels: ModuleType) -> None:
+    """The float32 copies the kernels read are remade when a weight changes in place or the block
+    changes dtype, so the fused path never runs on stale weights."""
+    fast = FastCGBlock(randomize_statistics(CGBlock(16, 2, 8))).to(DEVICE)
+    x = torch.randn(1, 16, 9, 11, device=DEVICE)
+    with torch.no_grad():
+        fast.kernels = "triton"
+        before = fast(x)
+        fast.f_loc.bias.add_(0.5)
+        fast.f_glo.b2.sub_(1.0)
+        got = fast(x)
+        fast.kernels = None
+        expected = fast(x)
+    assert not torch.allclose(got, before)
+    close(got, expected, torch.float32)
+    fast.to(torch.bfloat16).kernels = "triton"
+    with torch.no_grad():
+        rounded = fast(x.bfloat16())
+    assert rounded.dtype == torch.bfloat16
+    torch.testing.assert_close(rounded.float(), expected, rtol=0.05, atol=0.05)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_kernels_convert_no_weights(
+    kernels: ModuleType, network: CGNet, dtype: torch.dtype
+) -> None:
+    """A half-precision network's fused path converts no weight to float32 per call: on the GPU each
+    conversion is a launch (and a CUDA-graph node) of its own, about 225 per forward of CGNet."""
+    net = fold_network(network).use_kernels().to(DEVICE, dtype)
+    x = torch.randn(1, 3, 32, 48, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        net(x)
+        with _CountOps() as ops:
+            out = net(x)
+    assert out.dtype == dtype
+    assert ops.counts["convolution"] > 0  # the counter sees the network's ops
+    assert ops.counts["_to_copy"] == 0, ops.counts
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,30 @@ class FoldedConv(nn.Module):
         return _activate(y, self.slope)
 
 
-class Join(nn.Module):
+class KernelParams:
+    """Float32 contiguous copies of the parameters a module's fused kernels read, made once.
+
+    A half-precision network holds its buffers in half precision, which torch's ops need; the fused
+    kernels read float32. Converting on every call cost one extra launch per tensor, about 240 per
+    forward of the default network, each a node of its own inside a CUDA graph. The copies are
+    remade whenever a source tensor is replaced or changed in place (``.to()``, ``copy_``).
+    """
+
+    _kernel_params: tuple[tuple[object, ...], tuple[Tensor | None, ...]] | None = None
+
+    def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+        key = tuple(
+            None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape)
+            for t in tensors
+        )
+        cached = self._kernel_params
+        if cached is None or cached[0] != key:
+            copies = tuple(None if t is None else t.detach().float().contiguous() for t in tensors)
+            cached = self._kernel_params = (key, copies)
+        return cached[1]
+
+
+class Join(KernelParams, nn.Module):
     """A join's BatchNorm + activation after a concatenation, kept as one affine (it follows a PReLU,
     so it cannot be folded into a convolution exactly)."""
 
@@ -151,7 +174,11 @@ class Join(nn.Module):
 
     def forward(self, parts: list[Tensor]) -> Tensor:
         if self.kernels is not None:
-            return _kernels(self.kernels).join(parts, self.scale, self.shift, self.slope)
+            total = self.scale.numel()
+            slope = None if self.slope is None else self.slope.expand(total)
+            return _kernels(self.kernels).join(
+                parts, *self.kernel_params(self.scale, self.shift, slope)
+            )
         x = torch.cat(parts, 1)
         return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
 
@@ -191,7 +218,7 @@ def _kernels(backend: Backend = "triton") -> ModuleType:
     return kernels
 
 
-class FastCGBlock(nn.Module):
+class FastCGBlock(KernelParams, nn.Module):
     """A CG block (or CG-Down block) with conv_in's BN folded into conv_in and f_joi's BN folded into
     f_loc and f_sur (channel-wise: the concat only stacks their channels).
 
@@ -235,35 +262,38 @@ class FastCGBlock(nn.Module):
         """The same block through the fused kernels: Triton (NCHW; float32, float16 or bfloat16) or
         C++ (CPU, channels-last float32)."""
         kernels = _kernels(self.kernels)
+        fglo = self.f_glo
+        f_loc, f_sur = self.f_loc, self.f_sur
+        slope = None if self.slope is None else self.slope.expand(2 * f_loc.weight.shape[0])
+        w_loc, b_loc, w_sur, b_sur, slope, *gate_fcs = self.kernel_params(
+            f_loc.weight,
+            f_loc.bias,
+            f_sur.weight,
+            f_sur.bias,
+            slope,
+            *((fglo.w1, fglo.b1, fglo.w2, fglo.b2) if fglo is not None else ()),
+        )
         y = self.conv_in(x)
         # f_glo pools the joint features directly only in a CG block with a global (or no) residual;
         # after CG-Down's reduce or a local residual it pools another tensor.
-        pool_joint = self.f_glo is not None and self.reduce is None and self.residual != "local"
+        pool_joint = fglo is not None and self.reduce is None and self.residual != "local"
         y, sums = kernels.cg_joint(
-            y,
-            self.f_loc.weight,
-            self.f_loc.bias,
-            self.f_sur.weight,
-            self.f_sur.bias,
-            self.slope,
-            self.f_sur.dilation,
-            with_sums=pool_joint,
+            y, w_loc, b_loc, w_sur, b_sur, slope, f_sur.dilation, with_sums=pool_joint
         )
         if self.reduce is not None:
             y = self.reduce(y)
         if self.residual == "local":
             y = y + x
-        if self.f_glo is None:
+        if fglo is None:
             return y + x if self.residual == "global" else y
         if sums is None:
             sums, scale = y.mean(dim=(2, 3), dtype=torch.float32), 1.0
         else:
             scale = 1.0 / (y.shape[2] * y.shape[3])
-        fglo = self.f_glo
         if self.kernels == "cpu":  # y is this block's own buffer: gate it in place
             gate = fglo.gate(sums * scale)
             return torch.addcmul(x, y, gate, out=y) if self.residual == "global" else y.mul_(gate)
-        gate = kernels.fglo_gate(sums, scale, fglo.w1, fglo.b1, fglo.w2, fglo.b2)
+        gate = kernels.fglo_gate(sums, scale, *gate_fcs)
         return kernels.gate_residual(y, gate, x if self.residual == "global" else None)
 
 
