@@ -17,6 +17,8 @@ def test_candidates_cover_layouts_graphs_kernels_and_eager() -> None:
     for layout in ("NCHW", "NHWC"):
         assert f"folded fp32 {layout}" in names and f"folded fp32 {layout} graphs" in names
     assert "folded fp32 NCHW triton graphs" in names and "folded fp32 NHWC triton" not in names
+    # Triton's dense convolutions only inside a CUDA graph, where Triton's launches pay
+    assert [n for n in names if "convs" in n] == ["folded fp32 NCHW triton convs graphs"]
     half = [c.name for c in candidates("fp16", kernels=False)]
     assert all(" fp16 " in n for n in half) and not any("eager" in n for n in half)
     cpu = [c.name for c in candidates("fp32", cuda=False)]

@@ -220,6 +220,67 @@ def test_cpu_tensors_need_the_interpreter(
 
 
 # --------------------------------------------------------------------------------------------------
+# Dense convolutions + bias + activation
+# --------------------------------------------------------------------------------------------------
+
+# (cin, cout, kernel, stride, padding, dilation, height, width): CGNet's own dense convolutions (the
+# stem's first and later 3x3s, a CG-Down's strided 3x3 on a join, conv_in and reduce 1x1s, the
+# classifier's 19 outputs), a dilated 3x3 with more channels than one tile, and a 1x1 plane.
+CONV_SHAPES = [
+    (3, 32, 3, 2, 1, 1, 37, 53),
+    (32, 32, 3, 1, 1, 1, 20, 30),
+    (35, 64, 3, 2, 1, 1, 17, 19),
+    (128, 64, 1, 1, 0, 1, 9, 13),
+    (256, 19, 1, 1, 0, 1, 8, 8),
+    (20, 72, 3, 1, 2, 2, 11, 9),
+    (8, 16, 3, 2, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv_act_matches_eager(
+    kernels: ModuleType, shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    cin, cout, k, stride, padding, dilation, h, w = shape
+    x = torch.randn(2, cin, h, w, device=DEVICE).to(dtype)
+    weight = (torch.randn(cout, cin, k, k, device=DEVICE) / (cin * k * k) ** 0.5).to(dtype)
+    bias = torch.randn(cout, device=DEVICE)
+    slope = torch.rand(cout, device=DEVICE) * 0.5
+    got = kernels.conv_act(
+        x, weight, bias, slope, stride=stride, padding=padding, dilation=dilation
+    )
+    expected = F.conv2d(x.float(), weight.float(), bias, stride, padding, dilation)
+    assert got.dtype == dtype
+    close(got, F.prelu(expected, slope), dtype)
+
+
+def test_conv_act_relu_plain_and_shared_slope(kernels: ModuleType) -> None:
+    """The ReLU ablation (no slopes), a convolution without activation (the classifier, CG-Down's
+    reduce), one shared PReLU slope, and float32 weights for a half-precision input."""
+    x = torch.randn(1, 12, 10, 14, device=DEVICE)
+    weight = torch.randn(24, 12, 3, 3, device=DEVICE) / 6
+    bias = torch.randn(24, device=DEVICE)
+    expected = F.conv2d(x, weight, bias, 1, 1)
+    close(kernels.conv_act(x, weight, bias, None, padding=1), F.relu(expected), torch.float32)
+    plain = kernels.conv_act(x, weight, bias, torch.ones(24), padding=1, activation=False)
+    close(plain, expected, torch.float32)
+    shared = kernels.conv_act(x, weight, bias, torch.tensor([0.1], device=DEVICE), padding=1)
+    close(shared, F.prelu(expected, torch.tensor([0.1], device=DEVICE)), torch.float32)
+    half = kernels.conv_act(x.half(), weight, bias, None, padding=1)
+    expected_half = F.conv2d(x.half().float(), weight.half().float(), bias, 1, 1)
+    close(half, F.relu(expected_half), torch.float16)
+
+
+def test_conv_act_rejects_mismatched_weights(kernels: ModuleType) -> None:
+    x = torch.randn(1, 8, 5, 5, device=DEVICE)
+    with pytest.raises(ValueError, match=r"conv_act: weight must be \[COUT, 8, KH, KW\]"):
+        kernels.conv_act(x, torch.randn(4, 6, 3, 3), torch.zeros(4), None)
+    with pytest.raises(ValueError, match="conv_act: bias must have 4 channels"):
+        kernels.conv_act(x, torch.randn(4, 8, 1, 1), torch.zeros(5), None)
+
+
+# --------------------------------------------------------------------------------------------------
 # FastCGBlock and FastCGNet
 # --------------------------------------------------------------------------------------------------
 
@@ -301,9 +362,10 @@ def test_half_precision_kernels_convert_no_weights(
         net(x)
         with _CountOps() as ops:
             out = net(x)
-    assert out.dtype == dtype
+    # the only conversion: the small logits to float32, before they are upsampled
+    assert out.dtype == torch.float32
     assert ops.counts["convolution"] > 0  # the counter sees the network's ops
-    assert ops.counts["_to_copy"] == 0, ops.counts
+    assert ops.counts["_to_copy"] == 1, ops.counts
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +387,27 @@ def test_fast_cgnet_kernels_match_eager(kernels: ModuleType, network: CGNet) -> 
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_fast_cgnet_conv_kernels_leave_no_torch_convolution(
+    kernels: ModuleType, network: CGNet
+) -> None:
+    """With ``convs`` every convolution and activation of the network runs in a Triton kernel (no
+    cuDNN convolution, no separate PReLU pass is dispatched), and the logits match eager."""
+    net = fold_network(network).to(DEVICE)
+    x = torch.randn(1, 3, 64, 96, device=DEVICE)
+    with torch.no_grad():
+        expected = net(x)
+        net.use_kernels(convs=True)
+        with _CountOps() as ops:
+            got = net(x)
+    assert ops.counts["convolution"] == 0 and ops.counts["_prelu_kernel"] == 0, ops.counts
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="convs=True needs the triton backend"):
+        net.use_kernels(None, convs=True)
+    with pytest.raises(ValueError, match="add kernels=True"):
+        optimize(network, device=DEVICE, conv_kernels=True)
 
 
 def test_optimize_with_kernels(kernels: ModuleType, network: CGNet) -> None:

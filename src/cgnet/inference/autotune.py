@@ -44,6 +44,7 @@ class Candidate:
     channels_last: bool
     cuda_graphs: bool
     kernels: bool = False
+    conv_kernels: bool = False
 
     @property
     def name(self) -> str:
@@ -51,6 +52,8 @@ class Candidate:
         parts.append("NHWC" if self.channels_last else "NCHW")
         if self.kernels:
             parts.append("triton")
+        if self.conv_kernels:
+            parts.append("convs")
         if self.cuda_graphs:
             parts.append("graphs")
         return " ".join(parts)
@@ -69,7 +72,10 @@ def candidates(
     precision: Precision, *, cuda: bool = True, kernels: bool | None = None
 ) -> list[Candidate]:
     """Every form worth timing for ``precision``: both layouts, with and without CUDA graphs, the
-    fused Triton kernels (NCHW) when Triton is installed, and eager float32 as the baseline."""
+    fused Triton kernels (NCHW) when Triton is installed, and eager float32 as the baseline.
+
+    Triton's dense convolutions are tried inside CUDA graphs only: launched one by one, the fused
+    kernels already lost to their host time at batch 1 on an H200."""
     kernels = cuda and (triton_available() if kernels is None else kernels)
     graph_modes = (False, True) if cuda else (False,)
     forms = [
@@ -79,6 +85,8 @@ def candidates(
     ]
     if kernels:
         forms += [Candidate(True, precision, False, graphs, kernels=True) for graphs in graph_modes]
+        if cuda:
+            forms.append(Candidate(True, precision, False, True, kernels=True, conv_kernels=True))
     if precision == "fp32":
         forms.append(Candidate(False, "fp32", False, False))
     return forms
@@ -94,6 +102,7 @@ def build(model: CGNet, form: Candidate, device: torch.device) -> nn.Module:
         channels_last=form.channels_last,
         cuda_graphs=form.cuda_graphs,
         kernels=form.kernels,
+        conv_kernels=form.conv_kernels,
         dtype=DTYPES[form.precision],
     )
 

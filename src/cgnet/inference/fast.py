@@ -66,10 +66,35 @@ def _activate(x: Tensor, slope: Tensor | None) -> Tensor:
     return F.relu(x) if slope is None else F.prelu(x, slope)
 
 
-class FoldedConv(nn.Module):
+class KernelParams:
+    """Float32 contiguous copies of the parameters a module's fused kernels read, made once.
+
+    A half-precision network holds its buffers in half precision, which torch's ops need; the fused
+    kernels read float32. Converting on every call cost one extra launch per tensor, about 240 per
+    forward of the default network, each a node of its own inside a CUDA graph. The copies are
+    remade whenever a source tensor is replaced or changed in place (``.to()``, ``copy_``).
+    """
+
+    _kernel_params: tuple[tuple[object, ...], tuple[Tensor | None, ...]] | None = None
+
+    def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+        key = tuple(
+            None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape)
+            for t in tensors
+        )
+        cached = self._kernel_params
+        if cached is None or cached[0] != key:
+            copies = tuple(None if t is None else t.detach().float().contiguous() for t in tensors)
+            cached = self._kernel_params = (key, copies)
+        return cached[1]
+
+
+class FoldedConv(KernelParams, nn.Module):
     """A convolution with its BatchNorm folded into weight and bias, plus its activation if any."""
 
-    kernels: Backend | None = None  # "cpu": the activation runs in place (FastCGNet.use_kernels)
+    # "cpu": the activation runs in place; "triton": a dense convolution, its bias and activation
+    # run as one Triton kernel (FastCGNet.use_kernels(convs=True))
+    kernels: Backend | None = None
 
     def __init__(
         self,
@@ -126,6 +151,21 @@ class FoldedConv(nn.Module):
         return cls.from_conv(block.conv, *_bn_affine(block.bn), block.act)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kernels == "triton" and self.groups == 1:
+            slope = self.slope
+            bias, slope = self.kernel_params(
+                self.bias, None if slope is None else slope.expand(self.weight.shape[0])
+            )
+            return _kernels("triton").conv_act(
+                x,
+                self.weight,
+                bias,
+                slope,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                activation=self.activation,
+            )
         y = F.conv2d(
             x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
@@ -134,29 +174,6 @@ class FoldedConv(nn.Module):
         if self.kernels == "cpu" and y.is_contiguous(memory_format=torch.channels_last):
             return cpu_ops.activate_(y, self.slope)
         return _activate(y, self.slope)
-
-
-class KernelParams:
-    """Float32 contiguous copies of the parameters a module's fused kernels read, made once.
-
-    A half-precision network holds its buffers in half precision, which torch's ops need; the fused
-    kernels read float32. Converting on every call cost one extra launch per tensor, about 240 per
-    forward of the default network, each a node of its own inside a CUDA graph. The copies are
-    remade whenever a source tensor is replaced or changed in place (``.to()``, ``copy_``).
-    """
-
-    _kernel_params: tuple[tuple[object, ...], tuple[Tensor | None, ...]] | None = None
-
-    def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
-        key = tuple(
-            None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape)
-            for t in tensors
-        )
-        cached = self._kernel_params
-        if cached is None or cached[0] != key:
-            copies = tuple(None if t is None else t.detach().float().contiguous() for t in tensors)
-            cached = self._kernel_params = (key, copies)
-        return cached[1]
 
 
 class Join(KernelParams, nn.Module):
@@ -323,6 +340,7 @@ class FastCGNet(nn.Module):
 
     It holds buffers only (no parameters): it is for prediction, export and benchmarking, not training.
     Its modules are CGNet's parts folded by kind, under the parts' names, plus the injections' pool.
+    Its logits are float32 whatever dtype it runs in.
     """
 
     stem: nn.Sequential
@@ -348,14 +366,19 @@ class FastCGNet(nn.Module):
         self.memory_format = torch.contiguous_format
         self.kernels: Backend | None = None
 
-    def use_kernels(self, backend: Backend | None = "triton") -> FastCGNet:
+    def use_kernels(self, backend: Backend | None = "triton", *, convs: bool = False) -> FastCGNet:
         """Run the CG blocks and the joins through fused kernels, or (None) back through torch's
         ops.
 
         ``triton``: NCHW tensors on CUDA, or CPU tensors under Triton's interpreter; ImportError
         without triton. ``cpu``: channels-last float32 CPU tensors; KernelBuildError when the C++
         kernels cannot be built here (:func:`cgnet.inference.cpu_kernels.unavailable_reason`).
+        ``convs`` (Triton only): the dense convolutions too (the stem, conv_in, CG-Down's reduce,
+        the classifier), each with its bias and activation in one kernel instead of cuDNN's
+        convolution and a separate activation pass.
         """
+        if convs and backend != "triton":
+            raise ValueError(f"convs=True needs the triton backend, got {backend!r}")
         if backend == "triton":
             _kernels()
         elif backend == "cpu":
@@ -366,8 +389,9 @@ class FastCGNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (FastCGBlock, Join)):
                 module.kernels = backend
-            elif isinstance(module, FoldedConv):  # in-place activations: the CPU kernels only
-                module.kernels = backend if backend == "cpu" else None
+            elif isinstance(module, FoldedConv):
+                # activations in place with the CPU kernels; whole convolutions with Triton's
+                module.kernels = backend if backend == "cpu" or convs else None
         return self
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:
@@ -392,7 +416,9 @@ class FastCGNet(nn.Module):
         y = self.join2([y, down2, inj4] if self.input_injection else [y, down2])
         down3 = self.stage3_down(y)
         y = self.join3([down3, self.stage3(down3)])
-        logits = self.classifier(y)
+        # Logits come back float32 whatever the network's dtype; converting the small ones before
+        # upsampling writes the full-size logits once, instead of in half precision and then again.
+        logits = self.classifier(y).float()
         if self.kernels == "cpu":
             return cpu_ops.resize_bilinear(logits, (x.shape[-2], x.shape[-1]))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -418,6 +444,7 @@ def optimize(
     cuda_graphs: bool = False,
     reuse_memory: bool = True,
     kernels: bool = False,
+    conv_kernels: bool = False,
     cpu_kernels: bool | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
@@ -444,12 +471,16 @@ def optimize(
             (:meth:`FastCGNet.use_kernels`); CUDA only (or the CPU under Triton's interpreter),
             NCHW (channels_last None means False here), and not with ``compile``, which
             generates its own fused kernels.
+        conv_kernels: with ``kernels``, the dense convolutions too (stem, conv_in, reduce,
+            classifier), each with its bias and activation as one Triton kernel.
         cpu_kernels: run the CG blocks' f_loc / f_sur / f_joi / concatenation / f_glo pooling and
             the joins as the fused C++ kernels (:mod:`cgnet.inference.cpu_kernels`); CPU and
             channels-last only. None = whenever that holds, no compile is asked for and the kernels
             build here (else torch's ops, with one log line saying why); True = required.
     """
     device = torch.device(device)
+    if conv_kernels and not kernels:
+        raise ValueError("conv_kernels=True runs with the fused CG-block kernels: add kernels=True")
     if kernels:
         _kernels().check_device(device)
         if compile:
@@ -475,7 +506,8 @@ def optimize(
     backend: Backend | None = "triton" if kernels else None
     if _use_cpu_kernels(cpu_kernels, device=device, channels_last=channels_last, compile=compile):
         backend = "cpu"
-    net = fold_network(model).use_kernels(backend).to(device, dtype).to_memory_format(fmt)
+    net = fold_network(model).use_kernels(backend, convs=conv_kernels)
+    net = net.to(device, dtype).to_memory_format(fmt)
     runner: nn.Module = _Runner(net, bf16=bf16, dtype=dtype)
     if compile:
         if device.type == "cuda":
@@ -521,7 +553,7 @@ class _Runner(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dtype != torch.float32:
-            return self.net(x.to(self.dtype)).float()
+            return self.net(x.to(self.dtype))
         if self.bf16:
             # no cast cache: it would hold tensors from outside a CUDA graph capture
             with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):

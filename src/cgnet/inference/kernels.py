@@ -46,6 +46,7 @@ __all__ = [
     "INTERPRETED",
     "cg_joint",
     "check_device",
+    "conv_act",
     "fglo_gate",
     "gate_residual",
     "join",
@@ -458,6 +459,167 @@ def join(
                 HAS_SLOPE=slope is not None,
             )
         offset += part.shape[1]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Dense convolutions: conv + folded BatchNorm bias + activation
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _conv_act_kernel(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    slope_ptr,
+    out_ptr,
+    CIN,
+    H,
+    W,
+    COUT,
+    OH,
+    OW,
+    STRIDE,
+    PAD,
+    DIL,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACT: tl.constexpr,
+    DOT: tl.constexpr,
+):
+    # An implicit GEMM: output pixels x input taps (CIN * KH * KW, in the weight's own order) times
+    # taps x output channels. Each program gathers its pixels' taps chunk by chunk, multiplies on
+    # the tensor cores with a float32 accumulator and writes bias + activation once.
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    cos = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    K = CIN * KH * KW
+    p_ok = ps < OH * OW
+    co_ok = cos < COUT
+    top = (ps // OW) * STRIDE - PAD
+    left = (ps % OW) * STRIDE - PAD
+    src = x_ptr + b.to(tl.int64) * CIN * H * W
+    acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        tap = ks % (KH * KW)
+        ih = top[:, None] + ((tap // KW) * DIL)[None, :]
+        iw = left[:, None] + ((tap % KW) * DIL)[None, :]
+        ok = p_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(src + ((ks // (KH * KW))[None, :] * H + ih) * W + iw, mask=ok, other=0.0)
+        w_ok = k_ok[:, None] & co_ok[None, :]
+        w = tl.load(w_ptr + cos[None, :] * K + ks[:, None], mask=w_ok, other=0.0)
+        if DOT == "tf32":
+            acc += tl.dot(a, w, input_precision="tf32")
+        elif DOT == "ieee":
+            acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(a, w)
+    acc += tl.load(b_ptr + cos, mask=co_ok, other=0.0)[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:
+        acc = tl.where(
+            acc >= 0, acc, acc * tl.load(slope_ptr + cos, mask=co_ok, other=0.0)[None, :]
+        )
+    dst = out_ptr + (b * COUT + cos).to(tl.int64)[None, :] * (OH * OW) + ps[:, None]
+    tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+
+
+def _dot_precision(x: Tensor) -> str:
+    """How conv_act's kernel multiplies: "native" in half precision, "tf32" or "ieee" in float32."""
+    if x.dtype == torch.float32:
+        return "tf32" if x.is_cuda and torch.backends.cudnn.allow_tf32 else "ieee"
+    if x.dtype == torch.bfloat16 and INTERPRETED:
+        return "ieee"
+    return "native"
+
+
+def conv_act(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    slope: Tensor | None = None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    activation: bool = True,
+    block: int = 128,
+) -> Tensor:
+    """``act(conv2d(x, weight, bias))`` for a dense (groups=1) convolution in one pass, the bias and
+    activation applied before the only write: the stem, conv_in, CG-Down's reduce, the classifier.
+
+    Args:
+        x: ``[B, CIN, H, W]``.
+        weight: ``[COUT, CIN, KH, KW]`` (a BatchNorm folded in), in x's dtype (converted if not) as
+            the tensor cores take it, like cuDNN's in a half-precision network.
+        bias: ``[COUT]``.
+        slope: PReLU slopes ``[COUT]`` (or one shared slope); None for ReLU.
+        stride, padding, dilation: as ``conv2d``'s (the same along both axes).
+        activation: False for a plain convolution (slope is then ignored).
+        block: output pixels per program on the GPU.
+
+    float32 inputs multiply in TF32 on CUDA exactly when cuDNN's convolutions do
+    (``torch.backends.cudnn.allow_tf32``), so both forms round alike. Under the interpreter,
+    bfloat16 products are taken in float32 (exact for bfloat16 inputs), as its bfloat16 ``dot`` is
+    wrong.
+    """
+    x = _check("conv_act", x)
+    n, cin, h, w = x.shape
+    if weight.dim() != 4 or weight.shape[1] != cin:
+        raise ValueError(
+            f"conv_act: weight must be [COUT, {cin}, KH, KW] for a {cin}-channel input, got "
+            f"{tuple(weight.shape)}"
+        )
+    cout, _, kh, kw = weight.shape
+    weight = weight.detach().to(x.device, x.dtype).contiguous()
+    bias = _param(bias, x.device)
+    if bias.numel() != cout:
+        raise ValueError(f"conv_act: bias must have {cout} channels, got {bias.numel()}")
+    if activation and slope is not None:
+        slope = _param(slope if slope.numel() == cout else slope.expand(cout), x.device)
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    out = torch.empty((n, cout, max(oh, 0), max(ow, 0)), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    block_co = max(16, min(64, triton.next_power_of_2(cout)))
+    block_k = 16 if cin * kh * kw <= 16 else 32
+    if INTERPRETED:  # few, large programs: the interpreter pays per program, not per element
+        block_co = max(16, triton.next_power_of_2(cout))
+        block = (1 << 14) // block_co
+    block_p = max(16, min(block, triton.next_power_of_2(oh * ow)))
+    grid = (triton.cdiv(oh * ow, block_p), n, triton.cdiv(cout, block_co))
+    _conv_act_kernel[grid](
+        x,
+        weight,
+        bias,
+        slope if activation and slope is not None else bias,  # unread without slopes
+        out,
+        cin,
+        h,
+        w,
+        cout,
+        oh,
+        ow,
+        int(stride),
+        int(padding),
+        int(dilation),
+        KH=kh,
+        KW=kw,
+        BLOCK_P=block_p,
+        BLOCK_CO=block_co,
+        BLOCK_K=block_k,
+        ACT=0 if not activation else (1 if slope is None else 2),
+        DOT=_dot_precision(x),
+    )
     return out
 
 
