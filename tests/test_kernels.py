@@ -281,6 +281,66 @@ def test_conv_act_rejects_mismatched_weights(kernels: ModuleType) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# The seam between two CG blocks
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 64, 9, 13, 32), (1, 128, 5, 7, 64), (2, 20, 1, 1, 10)], ids=str
+)
+def test_block_seam_matches_gate_residual_then_conv_in(
+    kernels: ModuleType, shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    """One block's gate + residual and the next block's conv_in in one pass, against the separate
+    kernels' reference: eager f_glo, ``x + y * gate`` rounded to the dtype, then conv + PReLU."""
+    n, c, h, w, co = shape
+    hid = max(1, c // 16)
+    y = torch.randn(n, c, h, w, device=DEVICE).to(dtype)
+    x = torch.randn(n, c, h, w, device=DEVICE).to(dtype)
+    sums = y.float().sum(dim=(2, 3))
+    fglo = (
+        torch.randn(hid, c, device=DEVICE) / c**0.5,
+        torch.randn(hid, device=DEVICE),
+        torch.randn(c, hid, device=DEVICE) / hid**0.5,
+        torch.randn(c, device=DEVICE),
+    )
+    weight = (torch.randn(co, c, 1, 1, device=DEVICE) / c**0.5).to(dtype)
+    bias, slope = torch.randn(co, device=DEVICE), torch.rand(co, device=DEVICE) * 0.5
+    next_sums = poisoned((n, 2 * co), torch.float32)
+    out, h_out = kernels.block_seam(y, sums, x, fglo, (weight, bias, slope), next_sums)
+    w1, b1, w2, b2 = fglo
+    gate = torch.sigmoid(F.linear(F.relu(F.linear(sums / (h * w), w1, b1)), w2, b2))
+    expected_out = (x.float() + y.float() * gate[:, :, None, None]).to(dtype)
+    # conv_in reads out as the kernel rounded it (one ulp apart at most from the reference's)
+    expected_h = F.prelu(F.conv2d(out.float(), weight.float(), bias), slope)
+    assert out.dtype == h_out.dtype == dtype
+    close(out, expected_out, dtype)
+    close(h_out, expected_h, dtype)
+    assert torch.equal(next_sums, torch.zeros_like(next_sums))
+
+
+def test_block_seam_relu_and_bad_shapes(kernels: ModuleType) -> None:
+    y, x = torch.randn(1, 32, 6, 6, device=DEVICE), torch.randn(1, 32, 6, 6, device=DEVICE)
+    sums = y.sum(dim=(2, 3))
+    fglo = (torch.randn(2, 32), torch.zeros(2), torch.randn(32, 2), torch.zeros(32))
+    weight, bias = torch.randn(16, 32, 1, 1, device=DEVICE), torch.randn(16, device=DEVICE)
+    out, h_out = kernels.block_seam(y, sums, x, fglo, (weight, bias, None), torch.empty(1, 32))
+    close(h_out, F.relu(F.conv2d(out, weight, bias)), torch.float32)
+    with pytest.raises(ValueError, match="block_seam: conv_in must be a 1x1 over 32 channels"):
+        kernels.block_seam(
+            y, sums, x, fglo, (torch.randn(16, 32, 3, 3), bias, None), torch.empty(1, 32)
+        )
+    with pytest.raises(ValueError, match=r"block_seam: sums must be \[1, 32\]"):
+        kernels.block_seam(y, sums[:, :8], x, fglo, (weight, bias, None), torch.empty(1, 32))
+    with pytest.raises(ValueError, match="cg_joint: sums must be a contiguous float32"):
+        kernels.cg_joint(
+            y, *(torch.randn(32, 1, 3, 3), torch.zeros(32)) * 2, None, 2,
+            with_sums=True, sums=torch.zeros(1, 8),
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
 # FastCGBlock and FastCGNet
 # --------------------------------------------------------------------------------------------------
 
@@ -393,7 +453,8 @@ def test_fast_cgnet_conv_kernels_leave_no_torch_convolution(
     kernels: ModuleType, network: CGNet
 ) -> None:
     """With ``convs`` every convolution and activation of the network runs in a Triton kernel (no
-    cuDNN convolution, no separate PReLU pass is dispatched), and the logits match eager."""
+    cuDNN convolution, no separate PReLU pass is dispatched), the stages' blocks are chained through
+    their seams, and the logits match eager."""
     net = fold_network(network).to(DEVICE)
     x = torch.randn(1, 3, 64, 96, device=DEVICE)
     with torch.no_grad():
@@ -402,12 +463,33 @@ def test_fast_cgnet_conv_kernels_leave_no_torch_convolution(
         with _CountOps() as ops:
             got = net(x)
     assert ops.counts["convolution"] == 0 and ops.counts["_prelu_kernel"] == 0, ops.counts
+    # chained stages: only each stage's first block zeroes its own f_glo sums (2, not 22)
+    assert net.stage2.chained and net.stage3.chained and ops.counts["zeros"] == 2, ops.counts
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
     with pytest.raises(ValueError, match="convs=True needs the triton backend"):
         net.use_kernels(None, convs=True)
     with pytest.raises(ValueError, match="add kernels=True"):
         optimize(network, device=DEVICE, conv_kernels=True)
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [{"residual": "local"}, {"use_f_glo": False}, {"activation": "relu"}, {"M": 2, "N": 2}],
+    ids=str,
+)
+def test_conv_kernels_on_ablations(kernels: ModuleType, ablation: dict[str, object]) -> None:
+    """Ablated networks: blocks that cannot be chained (local residual, no f_glo) run one by one,
+    the ReLU ablation and one-block stages chain or not as they can, and all match eager."""
+    torch.manual_seed(0)
+    model = randomize_statistics(CGNet(7, **{"M": 3, "N": 4, **ablation}))  # type: ignore[arg-type]
+    net = fold_network(model).to(DEVICE)
+    x = torch.randn(1, 3, 48, 64, device=DEVICE)
+    with torch.no_grad():
+        expected = net(x)
+        got = net.use_kernels(convs=True)(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_optimize_with_kernels(kernels: ModuleType, network: CGNet) -> None:

@@ -146,16 +146,30 @@ class FoldedConv(KernelParams, nn.Module):
             activation=act is not None,
         )
 
+    def epilogue_params(self) -> tuple[Tensor, Tensor | None]:
+        """Bias and PReLU slopes (one per output channel) as the Triton kernels read them."""
+        slope = None if self.slope is None else self.slope.expand(self.weight.shape[0])
+        bias, slope = self.kernel_params(self.bias, slope)
+        assert bias is not None
+        return bias, slope
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A plain 1x1 convolution: a matrix product over channels at every pixel."""
+        return (
+            self.weight.shape[2:] == (1, 1)
+            and self.stride == 1
+            and self.padding == 0
+            and self.groups == 1
+        )
+
     @classmethod
     def from_conv_bn_act(cls, block: ConvBNAct) -> FoldedConv:
         return cls.from_conv(block.conv, *_bn_affine(block.bn), block.act)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernels == "triton" and self.groups == 1:
-            slope = self.slope
-            bias, slope = self.kernel_params(
-                self.bias, None if slope is None else slope.expand(self.weight.shape[0])
-            )
+            bias, slope = self.epilogue_params()
             return _kernels("triton").conv_act(
                 x,
                 self.weight,
@@ -275,14 +289,25 @@ class FastCGBlock(KernelParams, nn.Module):
             y = y + x
         return y
 
-    def _forward_kernels(self, x: Tensor) -> Tensor:
-        """The same block through the fused kernels: Triton (NCHW; float32, float16 or bfloat16) or
-        C++ (CPU, channels-last float32)."""
-        kernels = _kernels(self.kernels)
-        fglo = self.f_glo
-        f_loc, f_sur = self.f_loc, self.f_sur
+    @property
+    def chainable(self) -> bool:
+        """Whether :class:`FastCGStage` can run this block as joint features + a seam: a global
+        residual, f_glo, and a 1x1 conv_in (the paper's CG block), with the Triton kernels on."""
+        return (
+            self.kernels == "triton"
+            and self.residual == "global"
+            and self.f_glo is not None
+            and self.reduce is None
+            and self.conv_in.is_pointwise
+        )
+
+    def joint_params(self) -> tuple[Tensor | None, ...]:
+        """What the fused kernels read, as float32 copies made once: f_loc's and f_sur's weights
+        and biases, f_joi's slopes (2C, or None for ReLU), then f_glo's fc1/fc2 weights and biases
+        if it has f_glo."""
+        fglo, f_loc, f_sur = self.f_glo, self.f_loc, self.f_sur
         slope = None if self.slope is None else self.slope.expand(2 * f_loc.weight.shape[0])
-        w_loc, b_loc, w_sur, b_sur, slope, *gate_fcs = self.kernel_params(
+        return self.kernel_params(
             f_loc.weight,
             f_loc.bias,
             f_sur.weight,
@@ -290,12 +315,19 @@ class FastCGBlock(KernelParams, nn.Module):
             slope,
             *((fglo.w1, fglo.b1, fglo.w2, fglo.b2) if fglo is not None else ()),
         )
+
+    def _forward_kernels(self, x: Tensor) -> Tensor:
+        """The same block through the fused kernels: Triton (NCHW; float32, float16 or bfloat16) or
+        C++ (CPU, channels-last float32)."""
+        kernels = _kernels(self.kernels)
+        fglo = self.f_glo
+        w_loc, b_loc, w_sur, b_sur, slope, *gate_fcs = self.joint_params()
         y = self.conv_in(x)
         # f_glo pools the joint features directly only in a CG block with a global (or no) residual;
         # after CG-Down's reduce or a local residual it pools another tensor.
         pool_joint = fglo is not None and self.reduce is None and self.residual != "local"
         y, sums = kernels.cg_joint(
-            y, w_loc, b_loc, w_sur, b_sur, slope, f_sur.dilation, with_sums=pool_joint
+            y, w_loc, b_loc, w_sur, b_sur, slope, self.f_sur.dilation, with_sums=pool_joint
         )
         if self.reduce is not None:
             y = self.reduce(y)
@@ -318,8 +350,49 @@ def _fold_stem(stem: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*(FoldedConv.from_conv_bn_act(m) for m in stem))
 
 
-def _fold_cg_blocks(blocks: nn.ModuleList) -> nn.Sequential:
-    return nn.Sequential(*(FastCGBlock(b) for b in blocks))
+class FastCGStage(nn.Sequential):
+    """A stage's CG blocks, run one after another.
+
+    ``chained`` (set by ``FastCGNet.use_kernels(convs=True)``): when every block is
+    :attr:`~FastCGBlock.chainable`, each block is two Triton kernels instead of five: its joint
+    features (:func:`~cgnet.inference.kernels.cg_joint`, accumulating f_glo's sums) and the seam
+    to the next block (:func:`~cgnet.inference.kernels.block_seam`: this block's gate and residual
+    with the next block's conv_in, which also zeroes the next block's sums). Only the first
+    block's conv_in and the last block's gate and residual run on their own.
+    """
+
+    chained: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        blocks = [block for block in self if isinstance(block, FastCGBlock)]
+        if not self.chained or len(blocks) < 2 or not all(b.chainable for b in blocks):
+            return super().forward(x)
+        kernels = _kernels("triton")
+        h = blocks[0].conv_in(x)
+        sums: Tensor | None = None  # the first block's joint kernel zeroes its own
+        for i, block in enumerate(blocks):
+            w_loc, b_loc, w_sur, b_sur, slope, *fcs = block.joint_params()
+            y, sums = kernels.cg_joint(
+                h, w_loc, b_loc, w_sur, b_sur, slope, block.f_sur.dilation,
+                with_sums=True, sums=sums,
+            )  # fmt: skip
+            assert sums is not None
+            if i + 1 == len(blocks):
+                gate = kernels.fglo_gate(sums, 1.0 / (y.shape[2] * y.shape[3]), *fcs)
+                return kernels.gate_residual(y, gate, x)
+            following = blocks[i + 1].conv_in
+            next_sums = torch.empty(
+                (y.shape[0], 2 * following.weight.shape[0]), dtype=torch.float32, device=y.device
+            )
+            x, h = kernels.block_seam(
+                y, sums, x, fcs, (following.weight, *following.epilogue_params()), next_sums
+            )
+            sums = next_sums
+        raise AssertionError("unreachable: a stage of two or more blocks returns in its loop")
+
+
+def _fold_cg_blocks(blocks: nn.ModuleList) -> FastCGStage:
+    return FastCGStage(*(FastCGBlock(b) for b in blocks))
 
 
 # How each kind of CGNet part (cgnet.models.parts) folds into a module of the same name.
@@ -346,10 +419,10 @@ class FastCGNet(nn.Module):
     stem: nn.Sequential
     join1: Join
     stage2_down: FastCGBlock
-    stage2: nn.Sequential
+    stage2: FastCGStage
     join2: Join
     stage3_down: FastCGBlock
-    stage3: nn.Sequential
+    stage3: FastCGStage
     join3: Join
     classifier: FoldedConv
 
@@ -375,7 +448,8 @@ class FastCGNet(nn.Module):
         kernels cannot be built here (:func:`cgnet.inference.cpu_kernels.unavailable_reason`).
         ``convs`` (Triton only): the dense convolutions too (the stem, conv_in, CG-Down's reduce,
         the classifier), each with its bias and activation in one kernel instead of cuDNN's
-        convolution and a separate activation pass.
+        convolution and a separate activation pass; and the stages' CG blocks chained
+        (:class:`FastCGStage`).
         """
         if convs and backend != "triton":
             raise ValueError(f"convs=True needs the triton backend, got {backend!r}")
@@ -392,6 +466,8 @@ class FastCGNet(nn.Module):
             elif isinstance(module, FoldedConv):
                 # activations in place with the CPU kernels; whole convolutions with Triton's
                 module.kernels = backend if backend == "cpu" or convs else None
+            elif isinstance(module, FastCGStage):
+                module.chained = convs
         return self
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FastCGNet:

@@ -44,6 +44,7 @@ except ImportError as error:
 
 __all__ = [
     "INTERPRETED",
+    "block_seam",
     "cg_joint",
     "check_device",
     "conv_act",
@@ -196,6 +197,7 @@ def cg_joint(
     dilation: int,
     *,
     with_sums: bool = False,
+    sums: Tensor | None = None,
     out: Tensor | None = None,
     block: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
@@ -208,6 +210,8 @@ def cg_joint(
         slope: f_joi's PReLU slopes ``[2C]`` (or one shared slope); None for ReLU.
         dilation: f_sur's dilation (its zero padding equals it, as in the CG block).
         with_sums: also return float32 ``[B, 2C]`` sums over H x W of the output (f_glo's pooling).
+        sums: with ``with_sums``, a zeroed contiguous float32 ``[B, 2C]`` buffer to add them into
+            (:func:`block_seam` zeroes the next block's); else a new one.
         out: a contiguous ``[B, 2C, H, W]`` tensor of y's dtype to write into (else a new one).
         block: pixels per program on the GPU.
 
@@ -223,7 +227,12 @@ def cg_joint(
     if slope is not None:
         slope = _param(slope if slope.numel() == 2 * c else slope.expand(2 * c), y.device)
     out = _output("cg_joint", out, (n, 2 * c, h, w), y.dtype, y.device)
-    sums = torch.zeros((n, 2 * c), dtype=torch.float32, device=y.device) if with_sums else None
+    if not with_sums:
+        sums = None
+    elif sums is None:
+        sums = torch.zeros((n, 2 * c), dtype=torch.float32, device=y.device)
+    elif tuple(sums.shape) != (n, 2 * c) or sums.dtype != torch.float32 or not sums.is_contiguous():
+        raise ValueError(f"cg_joint: sums must be a contiguous float32 [{n}, {2 * c}] buffer")
     if out.numel() == 0:
         return out, sums
     block_c, block_hw = _tiles(c, h * w, block)
@@ -375,6 +384,196 @@ def gate_residual(
         HAS_RESIDUAL=x is not None,
     )
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Between two CG blocks: gate + residual of one, conv_in of the next
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _block_seam_kernel(
+    y_ptr,
+    x_ptr,
+    sums_ptr,
+    scale,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    w_ptr,
+    b_ptr,
+    slope_ptr,
+    out_ptr,
+    h_ptr,
+    zero_ptr,
+    C,
+    HW,
+    CO,
+    HID,
+    ZERO_N,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_HID: tl.constexpr,
+    BLOCK_ALL: tl.constexpr,
+    BLOCK_ZERO: tl.constexpr,
+    HAS_SLOPE: tl.constexpr,
+    DOT: tl.constexpr,
+):
+    # One program: BLOCK_P pixels of one image, every channel. It finishes block i (f_glo's gate from
+    # the pooled sums, then out = x + y * gate) and starts block i + 1 (its 1x1 conv_in on out, bias
+    # and PReLU), so out is read from registers instead of memory, and zeroes the sums that block
+    # i + 1's joint kernel accumulates into.
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    if pid_p == 0:
+        zs = tl.arange(0, BLOCK_ZERO)
+        tl.store(zero_ptr + b * ZERO_N + zs, tl.zeros([BLOCK_ZERO], tl.float32), mask=zs < ZERO_N)
+    # f_glo's hidden layer from all C means of this image (a few hundred multiply-adds)
+    call = tl.arange(0, BLOCK_ALL)
+    hs = tl.arange(0, BLOCK_HID)
+    h_ok = hs < HID
+    mean = tl.load(sums_ptr + b * C + call, mask=call < C, other=0.0) * scale
+    w1 = tl.load(
+        w1_ptr + hs[:, None] * C + call[None, :],
+        mask=h_ok[:, None] & (call < C)[None, :],
+        other=0.0,
+    )
+    hidden = tl.sum(w1 * mean[None, :], axis=1) + tl.load(b1_ptr + hs, mask=h_ok, other=0.0)
+    hidden = tl.maximum(hidden, 0.0)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = ps < HW
+    cos = tl.arange(0, BLOCK_CO)
+    co_ok = cos < CO
+    acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cs < C
+        w2 = tl.load(
+            w2_ptr + cs[:, None] * HID + hs[None, :], mask=c_ok[:, None] & h_ok[None, :], other=0.0
+        )
+        logit = tl.sum(w2 * hidden[None, :], axis=1) + tl.load(b2_ptr + cs, mask=c_ok, other=0.0)
+        z = tl.exp(-tl.abs(logit))
+        gate = tl.where(logit >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+        offs = (b * C + cs).to(tl.int64)[None, :] * HW + ps[:, None]
+        ok = p_ok[:, None] & c_ok[None, :]
+        v = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) * gate[None, :]
+        v += tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        v = v.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + offs, v, mask=ok)
+        w_ok = c_ok[:, None] & co_ok[None, :]
+        w = tl.load(w_ptr + cos[None, :] * C + cs[:, None], mask=w_ok, other=0.0)
+        if DOT == "tf32":
+            acc += tl.dot(v, w, input_precision="tf32")
+        elif DOT == "ieee":
+            acc += tl.dot(v.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(v, w)
+    acc += tl.load(b_ptr + cos, mask=co_ok, other=0.0)[None, :]
+    if HAS_SLOPE:
+        acc = tl.where(
+            acc >= 0, acc, acc * tl.load(slope_ptr + cos, mask=co_ok, other=0.0)[None, :]
+        )
+    else:
+        acc = tl.maximum(acc, 0.0)
+    dst = h_ptr + (b * CO + cos).to(tl.int64)[None, :] * HW + ps[:, None]
+    tl.store(dst, acc.to(h_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+
+
+def block_seam(
+    y: Tensor,
+    sums: Tensor,
+    x: Tensor,
+    fglo: tuple[Tensor, Tensor, Tensor, Tensor],
+    conv_in: tuple[Tensor, Tensor, Tensor | None],
+    next_sums: Tensor,
+    *,
+    block: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """The seam between two CG blocks with global residuals, in one pass: block i's f_glo gate and
+    residual, ``out = x + y * sigmoid(fc2(relu(fc1(mean(y)))))``, then block i + 1's 1x1 conv_in
+    (folded BatchNorm bias, PReLU) on ``out``. It also zeroes ``next_sums`` for block i + 1's
+    :func:`cg_joint`, which then needs no zeroed buffer of its own.
+
+    Args:
+        y: block i's joint features ``[B, C, H, W]``; ``sums`` their float32 sums ``[B, C]`` over H x W.
+        x: block i's input (the residual), like y.
+        fglo: block i's f_glo ``(w1 [HID, C], b1, w2 [C, HID], b2)``, float32.
+        conv_in: block i + 1's ``(weight [CO, C, 1, 1], bias [CO], PReLU slopes [CO] or None for
+            ReLU)``; the weight in y's dtype (converted if not), the rest float32.
+        next_sums: a contiguous float32 ``[B, N]`` buffer to zero.
+        block: pixels per program on the GPU.
+
+    Returns:
+        ``out`` (block i's output, block i + 1's residual) and block i + 1's conv_in output
+        ``[B, CO, H, W]``, both in y's dtype.
+    """
+    y, x = _check("block_seam", y), _check("block_seam", x)
+    n, c, h, w = y.shape
+    if x.shape != y.shape or x.dtype != y.dtype:
+        raise ValueError(f"block_seam: x {tuple(x.shape)} {x.dtype} and y {tuple(y.shape)} differ")
+    if tuple(sums.shape) != (n, c):
+        raise ValueError(f"block_seam: sums must be [{n}, {c}], got {tuple(sums.shape)}")
+    w1, b1, w2, b2 = (_param(t, y.device) for t in fglo)
+    hid = w1.shape[0]
+    if tuple(w1.shape) != (hid, c) or tuple(w2.shape) != (c, hid):
+        raise ValueError(
+            f"block_seam: f_glo shapes {tuple(w1.shape)}, {tuple(w2.shape)} do not fit {c}"
+        )
+    weight, bias, slope = conv_in
+    if weight.dim() != 4 or weight.shape[1:] != (c, 1, 1):
+        raise ValueError(
+            f"block_seam: conv_in must be a 1x1 over {c} channels, got {tuple(weight.shape)}"
+        )
+    co = weight.shape[0]
+    weight = weight.detach().to(y.device, y.dtype).contiguous()
+    bias = _param(bias, y.device)
+    if slope is not None:
+        slope = _param(slope if slope.numel() == co else slope.expand(co), y.device)
+    if next_sums.dtype != torch.float32 or not next_sums.is_contiguous() or next_sums.shape[0] != n:
+        raise ValueError("block_seam: next_sums must be a contiguous float32 [B, N] buffer")
+    out = torch.empty_like(y)
+    h_out = torch.empty((n, co, h, w), dtype=y.dtype, device=y.device)
+    if y.numel() == 0:
+        next_sums.zero_()
+        return out, h_out
+    block_c = 32 if c >= 32 else 16
+    block_p = block
+    if INTERPRETED:
+        block_c = max(16, triton.next_power_of_2(c))
+        block_p = (1 << 14) // block_c
+    block_p = max(16, min(block_p, triton.next_power_of_2(h * w)))
+    _block_seam_kernel[(triton.cdiv(h * w, block_p), n)](
+        y,
+        x,
+        sums.float().contiguous(),
+        1.0 / (h * w),
+        w1,
+        b1,
+        w2,
+        b2,
+        weight,
+        bias,
+        slope if slope is not None else bias,  # unread without slopes
+        out,
+        h_out,
+        next_sums,
+        c,
+        h * w,
+        co,
+        hid,
+        next_sums.shape[1],
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        BLOCK_CO=max(16, triton.next_power_of_2(co)),
+        BLOCK_HID=max(2, triton.next_power_of_2(hid)),
+        BLOCK_ALL=triton.next_power_of_2(c),
+        BLOCK_ZERO=triton.next_power_of_2(max(1, next_sums.shape[1])),
+        HAS_SLOPE=slope is not None,
+        DOT=_dot_precision(y),
+    )
+    return out, h_out
 
 
 # --------------------------------------------------------------------------------------------------
