@@ -70,8 +70,8 @@ class KernelParams:
     """Float32 contiguous copies of the parameters a module's fused kernels read, made once.
 
     A half-precision network holds its buffers in half precision, which torch's ops need; the fused
-    kernels read float32. Converting on every call cost one extra launch per tensor, about 240 per
-    forward of the default network, each a node of its own inside a CUDA graph. The copies are
+    kernels read float32. Converting on every call cost one extra launch per tensor, 225 per forward
+    of the default network, each a node of its own inside a CUDA graph. The copies are
     remade whenever a source tensor is replaced or changed in place (``.to()``, ``copy_``).
     """
 
@@ -354,7 +354,7 @@ class FastCGStage(nn.Sequential):
     """A stage's CG blocks, run one after another.
 
     ``chained`` (set by ``FastCGNet.use_kernels(convs=True)``): when every block is
-    :attr:`~FastCGBlock.chainable`, each block is two Triton kernels instead of five: its joint
+    :attr:`~FastCGBlock.chainable`, each block is two Triton kernels instead of six: its joint
     features (:func:`~cgnet.inference.kernels.cg_joint`, accumulating f_glo's sums) and the seam
     to the next block (:func:`~cgnet.inference.kernels.block_seam`: this block's gate and residual
     with the next block's conv_in, which also zeroes the next block's sums). Only the first

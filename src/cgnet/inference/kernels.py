@@ -15,12 +15,20 @@ A join (the concatenation before each stage's BatchNorm + PReLU) is one more: :f
 every part's affine + activation straight into its channels of the output, instead of a
 concatenation, an affine and an activation pass over the whole output.
 
-Measured on an H200 (Cityscapes-size input, CUDA graphs), this made the whole network 1.4-1.5x faster
-in float32 and 1.5-1.7x under bfloat16 autocast; without CUDA graphs at batch 1 the extra host time
-of Triton launches ate the gain.
+Two more take over from cuDNN where the network is chained (``FastCGNet.use_kernels(convs=True)``,
+a form the tuner times on its own): :func:`conv_act` runs a dense convolution (the stem, conv_in,
+CG-Down's reduce, the classifier) as an implicit GEMM on the tensor cores with its bias and PReLU
+applied before the only write, and :func:`block_seam` joins two CG blocks, one block's gate and
+residual with the next block's 1x1 conv_in, so that a CG block inside a stage is two launches.
+
+Measured on an H200 (Cityscapes-size input, CUDA graphs), the CG-block kernels made the whole
+network 1.4-1.5x faster in float32 and 1.5-1.7x under bfloat16 autocast; without CUDA graphs at
+batch 1 the extra host time of Triton launches ate the gain. :func:`join`, :func:`conv_act` and
+:func:`block_seam` have not run on a GPU yet.
 
 Tensors are NCHW; float32, float16 and bfloat16 are accepted, and every sum is taken in float32.
-Weights stay float32. Kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter,
+Weights, biases and slopes are read as float32, except the matrices that :func:`conv_act` and
+:func:`block_seam` multiply on the tensor cores, which take the input's dtype. Kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter,
 which must be switched on (``TRITON_INTERPRET=1``) before this module is imported: ``triton.jit``
 decides at decoration time.
 
