@@ -269,6 +269,13 @@ def cg_joint(
 
 
 @triton.jit
+def _sigmoid(x):
+    """A sigmoid that never overflows ``exp``."""
+    z = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+
+
+@triton.jit
 def _fglo_gate_kernel(
     sums_ptr,
     scale,
@@ -295,8 +302,7 @@ def _fglo_gate_kernel(
     hidden = tl.maximum(hidden, 0.0)
     w2t = tl.load(w2_ptr + cs[None, :] * HID + hs[:, None], mask=both, other=0.0)  # fc2^T [HID, C]
     logit = tl.sum(w2t * hidden[:, None], axis=0) + tl.load(b2_ptr + cs, mask=c_ok, other=0.0)
-    z = tl.exp(-tl.abs(logit))  # a sigmoid that never overflows exp
-    tl.store(gate_ptr + b * C + cs, tl.where(logit >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), mask=c_ok)
+    tl.store(gate_ptr + b * C + cs, _sigmoid(logit), mask=c_ok)
 
 
 def fglo_gate(sums: Tensor, scale: float, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
@@ -426,7 +432,7 @@ def _block_seam_kernel(
     BLOCK_HID: tl.constexpr,
     BLOCK_ALL: tl.constexpr,
     BLOCK_ZERO: tl.constexpr,
-    HAS_SLOPE: tl.constexpr,
+    ACT: tl.constexpr,
     DOT: tl.constexpr,
 ):
     # One program: BLOCK_P pixels of one image, every channel. It finishes block i (f_glo's gate from
@@ -462,8 +468,7 @@ def _block_seam_kernel(
             w2_ptr + cs[:, None] * HID + hs[None, :], mask=c_ok[:, None] & h_ok[None, :], other=0.0
         )
         logit = tl.sum(w2 * hidden[None, :], axis=1) + tl.load(b2_ptr + cs, mask=c_ok, other=0.0)
-        z = tl.exp(-tl.abs(logit))
-        gate = tl.where(logit >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+        gate = _sigmoid(logit)
         offs = (b * C + cs).to(tl.int64)[None, :] * HW + ps[:, None]
         ok = p_ok[:, None] & c_ok[None, :]
         v = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) * gate[None, :]
@@ -472,19 +477,8 @@ def _block_seam_kernel(
         tl.store(out_ptr + offs, v, mask=ok)
         w_ok = c_ok[:, None] & co_ok[None, :]
         w = tl.load(w_ptr + cos[None, :] * C + cs[:, None], mask=w_ok, other=0.0)
-        if DOT == "tf32":
-            acc += tl.dot(v, w, input_precision="tf32")
-        elif DOT == "ieee":
-            acc += tl.dot(v.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(v, w)
-    acc += tl.load(b_ptr + cos, mask=co_ok, other=0.0)[None, :]
-    if HAS_SLOPE:
-        acc = tl.where(
-            acc >= 0, acc, acc * tl.load(slope_ptr + cos, mask=co_ok, other=0.0)[None, :]
-        )
-    else:
-        acc = tl.maximum(acc, 0.0)
+        acc = _mma(acc, v, w, DOT)
+    acc = _bias_act(acc, b_ptr, slope_ptr, cos, co_ok, ACT)
     dst = h_ptr + (b * CO + cos).to(tl.int64)[None, :] * HW + ps[:, None]
     tl.store(dst, acc.to(h_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
@@ -578,7 +572,7 @@ def block_seam(
         BLOCK_HID=max(2, triton.next_power_of_2(hid)),
         BLOCK_ALL=triton.next_power_of_2(c),
         BLOCK_ZERO=triton.next_power_of_2(max(1, next_sums.shape[1])),
-        HAS_SLOPE=slope is not None,
+        ACT=2 if slope is not None else 1,
         DOT=_dot_precision(y),
     )
     return out, h_out
@@ -675,6 +669,31 @@ def join(
 
 
 @triton.jit
+def _mma(acc, a, w, DOT: tl.constexpr):
+    """``acc + a @ w`` on the tensor cores: native half precision, TF32, or exact float32."""
+    if DOT == "tf32":
+        acc += tl.dot(a, w, input_precision="tf32")
+    elif DOT == "ieee":
+        acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+    else:
+        acc += tl.dot(a, w)
+    return acc
+
+
+@triton.jit
+def _bias_act(acc, b_ptr, slope_ptr, cos, co_ok, ACT: tl.constexpr):
+    """A ``[pixels, channels]`` accumulator plus its per-channel bias, then nothing (ACT 0), ReLU
+    (1) or PReLU (2)."""
+    acc += tl.load(b_ptr + cos, mask=co_ok, other=0.0)[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:
+        slope = tl.load(slope_ptr + cos, mask=co_ok, other=0.0)[None, :]
+        acc = tl.where(acc >= 0, acc, acc * slope)
+    return acc
+
+
+@triton.jit
 def _conv_act_kernel(
     x_ptr,
     w_ptr,
@@ -722,19 +741,8 @@ def _conv_act_kernel(
         a = tl.load(src + ((ks // (KH * KW))[None, :] * H + ih) * W + iw, mask=ok, other=0.0)
         w_ok = k_ok[:, None] & co_ok[None, :]
         w = tl.load(w_ptr + cos[None, :] * K + ks[:, None], mask=w_ok, other=0.0)
-        if DOT == "tf32":
-            acc += tl.dot(a, w, input_precision="tf32")
-        elif DOT == "ieee":
-            acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(a, w)
-    acc += tl.load(b_ptr + cos, mask=co_ok, other=0.0)[None, :]
-    if ACT == 1:
-        acc = tl.maximum(acc, 0.0)
-    elif ACT == 2:
-        acc = tl.where(
-            acc >= 0, acc, acc * tl.load(slope_ptr + cos, mask=co_ok, other=0.0)[None, :]
-        )
+        acc = _mma(acc, a, w, DOT)
+    acc = _bias_act(acc, b_ptr, slope_ptr, cos, co_ok, ACT)
     dst = out_ptr + (b * COUT + cos).to(tl.int64)[None, :] * (OH * OW) + ps[:, None]
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
