@@ -8,17 +8,20 @@
 #              with and without the fused f_loc + f_sur op), with a device-time profile of each
 #   train      Lightning runs: 200-step loss curves (fp32 eager vs bf16/fp16-mixed/fused/compiled), host
 #              syncs inside steps, trainer.deterministic=true, one-rank NCCL DDP warnings
-#   data       PNG vs prepared (litdata) loaders with GPU augmentation, 2048x1024 scenes, 680 crops
-#   batched    the inference variants at batch 8
+#   batched    the half-precision inference variants at batch 8
 #   kernels    the fused Triton kernels (inference, and the training op's forward and backward)
 #              against eager, compiled on the GPU
+# Their limits add up to 430 s. Two more steps run only when named (`STEPS="compiled data"`), as
+# they take minutes:
+#   compiled   the `training` step under torch.compile (its first step compiles for a minute or more)
+#   data       PNG vs prepared (litdata) loaders with GPU augmentation, 2048x1024 scenes, 680 crops
 # `STEPS="inference train" scripts/gpu_checks.sh` runs a subset. Writes at most 8 files to $OUT
 # (default ./gpu_results) and prints one summary table at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_results}
 mkdir -p "$OUT"
-STEPS=${STEPS:-inference training train data batched kernels}
+STEPS=${STEPS:-inference training train batched kernels}
 export PYTHONUNBUFFERED=1 CGNET_CACHE_DIR=/tmp/cgnet-cache WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1
 LOG="$OUT/gpu_checks.log"
 START=$(date +%s)
@@ -71,5 +74,11 @@ step batched 60 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabl
     'variants=[eager,auto_fp16,auto_bf16]' output="$OUT/batched.json"
 step kernels 50 python3 -m pytest tests/test_kernels.py tests/models/test_context_kernels.py -q \
     -p no:cacheprovider -n 0 -x
+
+step compiled 150 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
+    'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
+    'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
+    train_throughput.warmup=3 train_throughput.fused_context=true train_throughput.compile=true \
+    output="$OUT/training_compiled.json"
 
 python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md"

@@ -50,7 +50,8 @@ def profile_rows(data: Any, part: str, top: int = 5) -> list[str]:
 
 def training_rows(data: Any) -> list[str]:
     return [
-        f"| train step b{r['batch']} {r['crop'][0]}x{r['crop'][1]} | {r['setting']} | "
+        f"| train step b{r['batch']} {r['crop'][0]}x{r['crop'][1]} | "
+        f"{r['setting']}{' + compile' if r.get('compile') else ''} | "
         f"{r['step_ms']['median']:.1f} ms | {r['images_per_s']:.0f} img/s | "
         f"x{r['speedup_over_eager']:.2f} eager |"
         for r in (data or {}).get("training", [])
@@ -110,6 +111,7 @@ def main() -> None:
     lines += inference_rows(load(out, "inference.json"))
     lines += inference_rows(load(out, "batched.json"))
     lines += training_rows(load(out, "training.json"))
+    lines += training_rows(load(out, "training_compiled.json"))
     lines += train_check_rows(load(out, "train_checks.json"))
     lines += data_rows(load(out, "data.json"))
     lines += kernel_rows(log)
