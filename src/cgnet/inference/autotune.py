@@ -6,6 +6,10 @@ fused Triton kernels exist only where Triton does. Guessing lost: the folded cha
 once ran slower than plain eager. :class:`AutoTuned` times every candidate on the first input of
 each shape (CUDA events, median of a few calls), keeps the fastest and frees the rest. Plain eager
 is always a candidate in float32, so the tuned form is never slower than eager there.
+
+``torch.compile`` is not a candidate: it compiles for tens of seconds per shape and dtype, and
+compile + CUDA graphs ran at 158 fps where the fused Triton kernels in a CUDA graph ran at 289 (H200,
+1024x2048, batch 1, docs/benchmarks.md). :func:`~cgnet.inference.optimize` still offers it.
 """
 
 from __future__ import annotations
