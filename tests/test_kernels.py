@@ -504,9 +504,23 @@ def test_optimize_with_kernels(kernels: ModuleType, network: CGNet) -> None:
         got = fused(x)
         scale = float(expected.abs().max())
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+        convs = optimize(network, device=DEVICE, kernels=True, conv_kernels=True)
+        torch.testing.assert_close(convs(x), expected, rtol=1e-4, atol=1e-4 * scale)
         if DEVICE.type == "cuda":
             graphs = optimize(network, device=DEVICE, kernels=True, cuda_graphs=True)
             torch.testing.assert_close(graphs(x), got, rtol=1e-5, atol=1e-5 * scale)
+            convs = optimize(
+                network, device=DEVICE, kernels=True, conv_kernels=True, cuda_graphs=True
+            )
+            torch.testing.assert_close(convs(x), expected, rtol=1e-4, atol=1e-4 * scale)
+            # a random network's logits are close together: half precision moves a few argmaxes
+            for dtype, least in ((torch.float16, 0.99), (torch.bfloat16, 0.97)):
+                half = optimize(
+                    network, device=DEVICE, kernels=True, conv_kernels=True, dtype=dtype
+                )(x)
+                assert half.dtype == torch.float32
+                agree = float((half.argmax(1) == expected.argmax(1)).float().mean())
+                assert agree >= least, (dtype, agree)
             bf16 = optimize(network, device=DEVICE, kernels=True, bf16=True)(x)
             assert float((bf16.argmax(1) == expected.argmax(1)).float().mean()) >= 0.95
 
