@@ -26,6 +26,7 @@ GPU_ONLY_VARIANTS = (
     "compile_cuda_graphs",
     "bf16",
     "fused",
+    "fused_convs",
     "auto_fp16",
     "auto_bf16",
 )
@@ -43,6 +44,7 @@ VARIANT_HELP = {
     "compile_cuda_graphs": "optimize(net, compile=True, cuda_graphs=True) (GPU)",
     "bf16": "optimize(net, bf16=True): bfloat16 autocast (GPU)",
     "fused": "optimize(net, kernels=True, cuda_graphs=True): fused Triton CG blocks, NCHW (GPU)",
+    "fused_convs": "fused + conv_kernels=True: Triton's dense convolutions and chained CG blocks (GPU)",
     "auto": "cgnet.inference.tuned(net): the fastest exact fp32 form, measured per shape",
     "auto_fp16": "tuned(net, precision='fp16'): the fastest float16 form (GPU)",
     "auto_bf16": "tuned(net, precision='bf16'): the fastest bfloat16 form (GPU)",
@@ -113,8 +115,14 @@ def build_variant(name: str, net: CGNet, device: torch.device, workdir: Path) ->
     if name.startswith("auto"):
         precision = name.removeprefix("auto_") if "_" in name else "fp32"
         return tuned(net, device, precision)  # type: ignore[arg-type]
-    if name == "fused":
-        return optimize(net, device=device, kernels=True, cuda_graphs=True)
+    if name in ("fused", "fused_convs"):
+        return optimize(
+            net,
+            device=device,
+            kernels=True,
+            conv_kernels=name == "fused_convs",
+            cuda_graphs=True,
+        )
     if name == "fast_ops":
         return optimize(net, device=device, cpu_kernels=False)
     return optimize(
