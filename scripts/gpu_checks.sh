@@ -57,7 +57,7 @@ fi
 BENCH=(python3 -m cgnet.benchmark device=cuda isolate=false "${WEIGHTS[@]}" 'sizes=[[1024,2048]]')
 
 step inference 115 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.enabled=false \
-    'variants=[eager,fast,cuda_graphs,fused,auto,auto_fp16,auto_bf16]' profile=true \
+    'variants=[eager,fast,cuda_graphs,fused,fused_convs,auto,auto_fp16,auto_bf16]' profile=true \
     output="$OUT/inference.json"
 # The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step,
 # without and with the fused f_loc + f_sur op.
