@@ -343,16 +343,20 @@ def _gate_residual_kernel(
     gate_ptr,
     x_ptr,
     out_ptr,
-    N,
+    ROWS,
     HW,
+    BLOCK_R: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
 ):
-    # Flat over all B * C * H * W elements; element i belongs to the (image, channel) row i // HW.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < N
-    v = tl.load(y_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    v = v * tl.load(gate_ptr + offs // HW, mask=inside, other=0.0)
+    # One program: BLOCK pixels of BLOCK_R (image, channel) planes (one on the GPU), each plane with
+    # its own gate, so no pixel needs dividing to find its plane.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pixels = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = (rows < ROWS)[:, None] & (pixels < HW)[None, :]
+    offs = rows.to(tl.int64)[:, None] * HW + pixels[None, :]
+    gate = tl.load(gate_ptr + rows, mask=rows < ROWS, other=0.0)[:, None]
+    v = tl.load(y_ptr + offs, mask=inside, other=0.0).to(tl.float32) * gate
     if HAS_RESIDUAL:
         v += tl.load(x_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=inside)
@@ -386,14 +390,15 @@ def gate_residual(
     out = _output("gate_residual", out, (n, c, h, w), dtype, y.device)
     if out.numel() == 0:
         return out
-    _, tile = _tiles(1, out.numel(), block)
-    _gate_residual_kernel[(triton.cdiv(out.numel(), tile),)](
+    block_r, tile = _tiles(n * c, h * w, block)
+    _gate_residual_kernel[(triton.cdiv(n * c, block_r), triton.cdiv(h * w, tile))](
         y,
         gate,
         x if x is not None else y,
         out,
-        out.numel(),
+        n * c,
         h * w,
+        BLOCK_R=block_r,
         BLOCK=tile,
         HAS_RESIDUAL=x is not None,
     )
@@ -590,30 +595,31 @@ def _join_part_kernel(
     shift_ptr,
     slope_ptr,
     out_ptr,
-    N,
+    ROWS,
     C,
     HW,
     OUT_C,
     OFFSET,
+    BLOCK_R: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_SLOPE: tl.constexpr,
 ):
-    # Flat over one part's B * C * H * W elements; channel c of image b lands in channel OFFSET + c.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < N
-    pixel = offs % HW
-    c = (offs // HW) % C
-    b = offs // (HW * C)
-    v = tl.load(src_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    ch = OFFSET + c
-    v = v * tl.load(scale_ptr + ch, mask=inside, other=0.0) + tl.load(
-        shift_ptr + ch, mask=inside, other=0.0
-    )
+    # One program: BLOCK pixels of BLOCK_R (image, channel) planes of one part (one on the GPU);
+    # channel c of image b lands in channel OFFSET + c of the output.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pixels = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < ROWS
+    inside = row_ok[:, None] & (pixels < HW)[None, :]
+    ch = OFFSET + rows % C
+    v = tl.load(src_ptr + rows.to(tl.int64)[:, None] * HW + pixels[None, :], mask=inside, other=0.0)
+    scale = tl.load(scale_ptr + ch, mask=row_ok, other=0.0)[:, None]
+    v = v.to(tl.float32) * scale + tl.load(shift_ptr + ch, mask=row_ok, other=0.0)[:, None]
     if HAS_SLOPE:
-        v = tl.where(v >= 0, v, v * tl.load(slope_ptr + ch, mask=inside, other=0.0))
+        v = tl.where(v >= 0, v, v * tl.load(slope_ptr + ch, mask=row_ok, other=0.0)[:, None])
     else:
         v = tl.maximum(v, 0.0)
-    dst = out_ptr + (b * OUT_C + ch) * HW + pixel
+    dst_rows = (rows // C) * OUT_C + ch
+    dst = out_ptr + dst_rows.to(tl.int64)[:, None] * HW + pixels[None, :]
     tl.store(dst, v.to(out_ptr.dtype.element_ty), mask=inside)
 
 
@@ -644,18 +650,20 @@ def join(
     offset = 0
     for part in parts:
         if part.numel():
-            _, tile = _tiles(1, part.numel(), block)
-            _join_part_kernel[(triton.cdiv(part.numel(), tile),)](
+            rows = n * part.shape[1]
+            block_r, tile = _tiles(rows, h * w, block)
+            _join_part_kernel[(triton.cdiv(rows, block_r), triton.cdiv(h * w, tile))](
                 part,
                 scale,
                 shift,
                 slope if slope is not None else scale,  # unread without slopes
                 out,
-                part.numel(),
+                rows,
                 part.shape[1],
                 h * w,
                 total,
                 offset,
+                BLOCK_R=block_r,
                 BLOCK=tile,
                 HAS_SLOPE=slope is not None,
             )
