@@ -24,6 +24,9 @@ def inference_rows(data: Any) -> list[str]:
     rows = []
     for r in (data or {}).get("inference", []):
         choice = r.get("tuned", {}).get("choice", "")
+        rejected = r.get("tuned", {}).get("rejected") or {}
+        if rejected:  # forms the tuner skipped: failed to run, or computed something else
+            choice += f"; rejected: {', '.join(rejected)}"
         rows.append(
             f"| inference b{r['batch']} {r['size'][0]}x{r['size'][1]} | {r['variant']} | "
             f"{r['latency_ms']['median']:.2f} ms | {r['fps']:.0f} img/s | "

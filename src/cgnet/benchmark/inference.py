@@ -64,7 +64,13 @@ class InferenceJob:
         choices = getattr(self.fn, "choices", None)  # cgnet.inference.AutoTuned: what it picked
         if choices is not None:
             key = tuple(self.x.shape)
-            tuned = {"tuned": {"choice": choices[key], "timings_ms": self.fn.timings[key]}}
+            tuned = {
+                "tuned": {
+                    "choice": choices[key],
+                    "timings_ms": self.fn.timings[key],
+                    "rejected": self.fn.rejected[key],
+                }
+            }
         return {
             "first_call_s": first_s,
             "peak_memory_mib": memory["peak_mib"],

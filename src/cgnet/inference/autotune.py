@@ -7,6 +7,12 @@ once ran slower than plain eager. :class:`AutoTuned` times every candidate on th
 each shape (CUDA events, median of a few calls), keeps the fastest and frees the rest. Plain eager
 is always a candidate in float32, so the tuned form is never slower than eager there.
 
+Speed alone would also reward a form that computes the wrong thing (a fused kernel miscompiled by a
+new GPU or Triton release, an overflow in half precision). So before a form is timed, its logits on
+the same input are checked against the float32 eager network's: non-finite values, or an argmax
+that moves on more pixels than its precision explains (:data:`MAX_DISAGREEMENT`), reject it with
+one printed line, and the next fastest form wins.
+
 ``torch.compile`` is not a candidate: it compiles for tens of seconds per shape and dtype, and
 compile + CUDA graphs ran at 158 fps where the fused Triton kernels in a CUDA graph ran at 289 (H200,
 1024x2048, batch 1, docs/benchmarks.md). :func:`~cgnet.inference.optimize` still offers it.
@@ -36,7 +42,21 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
 }
 
-__all__ = ["DTYPES", "AutoTuned", "Candidate", "Precision", "candidates", "tuned"]
+__all__ = [
+    "DTYPES",
+    "MAX_DISAGREEMENT",
+    "AutoTuned",
+    "Candidate",
+    "Precision",
+    "candidates",
+    "disagreement",
+    "tuned",
+]
+
+MAX_DISAGREEMENT: dict[str, float] = {"fp32": 0.001, "fp16": 0.01, "bf16": 0.02}
+"""The share of pixels whose argmax a form of each precision may move against float32 eager before
+the tuner calls it broken. Measured on the authors' CamVid weights at 1024x2048 (H200): TF32 forms
+moved 0.006%, fp16 0.012%, bf16 0.068%; a wrong kernel moves most pixels."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,14 @@ class _Eager(nn.Module):
         return self.net(x)
 
 
+def disagreement(logits: Tensor, reference: Tensor) -> float:
+    """The share of pixels whose argmax differs from ``reference``'s (1.0 for non-finite logits or
+    another shape)."""
+    if logits.shape != reference.shape or not bool(torch.isfinite(logits).all()):
+        return 1.0
+    return float((logits.argmax(1) != reference.argmax(1)).float().mean())
+
+
 def time_call(
     fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int
 ) -> float:
@@ -150,8 +178,9 @@ class AutoTuned(nn.Module):
     Meant for CUDA; on the CPU it times the graph-free forms with the wall clock (for tests; the
     CPU's choice is fixed and documented, see :func:`tuned`).
 
-    ``choices`` maps each tuned shape to the winner's name and ``timings`` to every candidate's
-    median milliseconds, so a benchmark or a log can say what ran.
+    ``choices`` maps each tuned shape to the winner's name, ``timings`` to every candidate's
+    median milliseconds (NaN when it did not run or was rejected) and ``rejected`` to why a form
+    was skipped, so a benchmark or a log can say what ran.
     """
 
     def __init__(
@@ -175,6 +204,7 @@ class AutoTuned(nn.Module):
         self._best: dict[tuple[int, ...], nn.Module] = {}
         self.choices: dict[tuple[int, ...], str] = {}
         self.timings: dict[tuple[int, ...], dict[str, float]] = {}
+        self.rejected: dict[tuple[int, ...], dict[str, str]] = {}
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
@@ -184,17 +214,33 @@ class AutoTuned(nn.Module):
         return self._best[key](x)
 
     def _tune(self, x: Tensor) -> nn.Module:
+        key = tuple(x.shape)
+        reference = _Eager(self.model, self.device)(x)
+        allowed = MAX_DISAGREEMENT[self.precision]
         timings: dict[str, float] = {}
+        rejected: dict[str, str] = {}
         best: tuple[float, str, nn.Module] | None = None
         for form in self.forms:
+            ms = float("nan")
             try:
                 module = build(self.model, form, self.device)
-                ms = time_call(
-                    lambda m=module: m(x), self.device, warmup=self.warmup, repeats=self.repeats
-                )
+                moved = disagreement(module(x), reference)
+                if moved > allowed:
+                    reason = (
+                        f"argmax differs from float32 eager on {100 * moved:.3f}% of pixels "
+                        f"(allowed {100 * allowed:g}%)"
+                    )
+                else:
+                    reason = None
+                    ms = time_call(
+                        lambda m=module: m(x), self.device, warmup=self.warmup, repeats=self.repeats
+                    )
             except Exception as error:  # a form this GPU or stack cannot run is simply skipped
+                reason = f"{type(error).__name__}: {error}"
+            if reason is not None:
                 timings[form.name] = float("nan")
-                print(f"autotune: skipping {form.name}: {type(error).__name__}: {error}")
+                rejected[form.name] = reason
+                print(f"autotune: skipping {form.name}: {reason}")
                 continue
             timings[form.name] = ms
             if best is None or ms < best[0]:
@@ -202,10 +248,11 @@ class AutoTuned(nn.Module):
             else:
                 del module
         if best is None:
-            raise RuntimeError("no inference form ran on this GPU")
-        key = tuple(x.shape)
+            raise RuntimeError(f"no inference form ran correctly on this device: {rejected}")
         self.timings[key] = timings
+        self.rejected[key] = rejected
         self.choices[key] = best[1]
+        del reference
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
