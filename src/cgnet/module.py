@@ -72,6 +72,8 @@ class SegmentationModule(pl.LightningModule):
         fused_context: on GPUs, run each CG block's f_loc + f_sur (forward and backward) as one
             fused Triton op (:mod:`cgnet.models.context_kernels`); the same results to float
             rounding, and deterministic. Off by default until measured on GPUs (docs/benchmarks.md).
+            Before the first step the op is checked against eager on the run's GPU, in float32 and
+            the run's half precision; a disagreement is one config error.
         compile: wrap the network's forward in ``torch.compile``.
         compile_mode: ``torch.compile``'s mode: None (default), ``reduce-overhead`` (CUDA graphs of the
             forward and backward: a fixed crop and batch make training's shapes static, and the step is
@@ -179,11 +181,32 @@ class SegmentationModule(pl.LightningModule):
                         use_fused_context(self.net)
                     except ImportError as error:
                         raise ConfigError(f"module.fused_context=true: {error}") from None
+                    self._check_fused_context()
                 else:
                     rank_zero_info(
                         "module.fused_context: the fused f_loc + f_sur op runs on CUDA only; this "
                         "run trains with the two plain convolutions"
                     )
+
+    def _check_fused_context(self) -> None:
+        """Refuse to train with the fused op when it disagrees with eager on this GPU, in float32
+        and in the half precision the run trains in (before the first step, not after a diverging
+        loss)."""
+        from cgnet.models import context_kernels
+
+        trainer = self._trainer  # None outside a Trainer (the property would raise)
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        dtypes = [torch.float32]
+        if precision.startswith("bf16"):
+            dtypes.append(torch.bfloat16)
+        elif precision.startswith("16"):
+            dtypes.append(torch.float16)
+        for dtype in dtypes:
+            problem = context_kernels.self_check(self._run_device(), dtype)
+            if problem is not None:
+                raise ConfigError(
+                    f"module.fused_context=true: {problem}; train with module.fused_context=false"
+                )
 
     # ----------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

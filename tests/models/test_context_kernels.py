@@ -216,9 +216,46 @@ def test_the_module_switches_it_on_for_gpu_runs_only(
     module.setup("fit")  # on the CPU: the plain convolutions, and a log line says so
     assert all(not block.fused_on for block in blocks)
     monkeypatch.setattr(module, "_run_device", lambda: torch.device("cuda"))
+    checked: list[tuple[str, torch.dtype]] = []
+    monkeypatch.setattr(
+        ck, "self_check", lambda device, dtype: checked.append((device.type, dtype))
+    )
     module.setup("fit")
     assert all("cuda" in block.fused_on for block in blocks)
+    assert checked == [("cuda", torch.float32)]  # outside a Trainer: float32 only
     assert SegmentationModule(5, model={"M": 2, "N": 2}).hparams.fused_context is False
+
+
+def test_a_gpu_where_the_op_disagrees_with_eager_is_one_config_error(
+    ck: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = SegmentationModule(5, model={"M": 2, "N": 2}, fused_context=True)
+    monkeypatch.setattr(module, "_run_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(ck, "self_check", lambda device, dtype: "its values differ by 3")
+    with pytest.raises(
+        ConfigError,
+        match=r"^module\.fused_context=true: its values differ by 3; train with "
+        r"module\.fused_context=false$",
+    ):
+        module.setup("fit")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_self_check_passes_and_catches_a_wrong_kernel(
+    ck: ModuleType, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """The check a GPU training run makes before its first step: it passes on working kernels, and
+    names what differs when a kernel computes something else."""
+    assert ck.self_check(DEVICE, dtype) is None
+    real_backward = ck._backward
+
+    def off_by_one_tap(grad, y, w_loc, w_sur, dilation):  # type: ignore[no-untyped-def]
+        grad_y, grad_loc, grad_sur = real_backward(grad, y, w_loc, w_sur, dilation)
+        return grad_y, grad_loc, grad_sur.roll(1, dims=-1)
+
+    monkeypatch.setattr(ck, "_backward", off_by_one_tap)
+    problem = ck.self_check(DEVICE, dtype)
+    assert problem is not None and "f_sur weight gradient differs from eager's" in problem
 
 
 def test_the_training_benchmark_times_a_fused_setting(ck: ModuleType) -> None:

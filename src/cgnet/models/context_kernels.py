@@ -37,7 +37,7 @@ except ImportError as error:
         "with CUDA builds of torch)"
     ) from error
 
-__all__ = ["INTERPRETED", "context_pair", "runs_on"]
+__all__ = ["INTERPRETED", "context_pair", "runs_on", "self_check"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 1024  # elements per program on the GPU
@@ -352,6 +352,49 @@ def _autograd_backward(
 
 
 context_pair.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> str | None:
+    """Run the op forward and backward once on a small input on ``device``, NCHW and channels-last,
+    against float64 eager convolutions on the CPU; None when all three gradients and the values
+    agree, else which one differs and by how much.
+
+    The kernels are tested under Triton's interpreter, but a GPU or a Triton release they never ran
+    on could still compile them wrongly; a training run checks here before its first step rather
+    than learn it from a diverging loss.
+    """
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    c, dilation = 24, 2
+    y = torch.randn(2, c, 13, 17, generator=gen, dtype=torch.float64)
+    w_loc, w_sur = (torch.randn(c, 1, 3, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    grad = torch.randn(2, 2 * c, 13, 17, generator=gen, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (y.clone(), w_loc.clone(), w_sur.clone())]
+    loc = F.conv2d(inputs[0], inputs[1], padding=1, groups=c)
+    sur = F.conv2d(inputs[0], inputs[2], padding=dilation, dilation=dilation, groups=c)
+    expected = torch.cat([loc, sur], 1)
+    expected.backward(grad)
+    references = (expected.detach(), *(t.grad for t in inputs))
+    tolerance = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    for layout in (torch.contiguous_format, torch.channels_last):
+        y_dev = y.to(device, dtype).contiguous(memory_format=layout).requires_grad_()
+        weights = [w.to(device, torch.float32).requires_grad_() for w in (w_loc, w_sur)]
+        out = context_pair(y_dev, *weights, dilation)
+        out.backward(grad.to(device, dtype))
+        got = (out, y_dev.grad, *(w.grad for w in weights))
+        names = ("values", "input gradient", "f_loc weight gradient", "f_sur weight gradient")
+        for name, value, reference in zip(names, got, references, strict=True):
+            assert value is not None and reference is not None
+            error = float((value.detach().double().cpu() - reference).abs().max())
+            scale = float(reference.abs().max())
+            if not error <= tolerance * scale:  # also catches NaN
+                return (
+                    f"the fused f_loc + f_sur op's {name} differs from eager's by {error:.3g} "
+                    f"(largest value {scale:.3g}, {layout}, {dtype}) on {device}"
+                )
+    return None
+
 
 INTERPRETED: bool = not isinstance(_forward_kernel, triton.runtime.JITFunction)
 """Whether triton was imported under ``TRITON_INTERPRET=1`` (the kernels run on CPU tensors)."""
