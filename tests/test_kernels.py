@@ -120,6 +120,23 @@ def test_cg_joint_relu_without_sums_and_tiles(kernels: ModuleType) -> None:
     close(got, joint_reference(y, w_loc, b_loc, w_sur, b_sur, None, dilation), torch.float32)
 
 
+def test_cg_joint_many_tiles(kernels: ModuleType) -> None:
+    """Planes wider than a tile row and taller than a tile: ragged tiles along both axes, with the
+    f_glo sums gathered from every tile."""
+    b, c, h, w, dilation = 1, 4, 300, 260, 4
+    y = torch.randn(b, c, h, w, device=DEVICE)
+    w_loc, w_sur = (torch.randn(c, 1, 3, 3, device=DEVICE) for _ in range(2))
+    b_loc, b_sur = (torch.randn(c, device=DEVICE) for _ in range(2))
+    slope = torch.rand(2 * c, device=DEVICE)
+    got, sums = kernels.cg_joint(
+        y, w_loc, b_loc, w_sur, b_sur, slope, dilation, with_sums=True, block=4096
+    )
+    expected = joint_reference(y, w_loc, b_loc, w_sur, b_sur, slope, dilation)
+    close(got, expected, torch.float32)
+    assert sums is not None
+    torch.testing.assert_close(sums, expected.sum(dim=(2, 3)), rtol=1e-5, atol=1e-2)
+
+
 def test_cg_joint_one_shared_slope(kernels: ModuleType) -> None:
     c = 6
     y = torch.randn(1, c, 7, 5, device=DEVICE)

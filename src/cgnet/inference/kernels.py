@@ -139,60 +139,71 @@ def _cg_joint_kernel(
     H,
     W,
     DIL,
+    TILES_W,
     BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     HAS_SLOPE: tl.constexpr,
     WITH_SUMS: tl.constexpr,
 ):
-    # One program: a tile of BLOCK_C channels x BLOCK_HW pixels of one image of y. It writes those
-    # channels c of the joint output (f_loc) and channels C + c (f_sur), so each input pixel is read
-    # once for both convolutions.
-    pid_hw = tl.program_id(0)
+    # One program: BLOCK_C channels x a BLOCK_H x BLOCK_W tile of pixels of one image of y. It writes
+    # those channels c of the joint output (f_loc) and channels C + c (f_sur), so each input pixel
+    # is read once for both convolutions. Rows and columns are tested against the border once per
+    # tap as vectors, so a pixel costs a load and a multiply-add per tap, not its own index sums.
+    tile = tl.program_id(0)
     b = tl.program_id(1)
     cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs = pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    HW = H * W
+    rows = (tile // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = (tile % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)
     c_ok = cs < C
-    inside = c_ok[:, None] & (offs < HW)[None, :]
-    h = (offs // W)[None, :]
-    w = (offs % W)[None, :]
-    src = y_ptr + (b * C + cs).to(tl.int64)[:, None] * HW
-    loc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
-    sur = tl.zeros([BLOCK_C, BLOCK_HW], dtype=tl.float32)
+    c3 = c_ok[:, None, None]
+    inside = c3 & (rows < H)[None, :, None] & (cols < W)[None, None, :]
+    plane = (b * C + cs).to(tl.int64)[:, None, None] * (H * W)
+    src = y_ptr + plane
+    loc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=tl.float32)
+    sur = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(3):
         for j in tl.static_range(3):
-            w_loc = tl.load(w_loc_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None]
-            w_sur = tl.load(w_sur_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None]
-            hh = h + (i - 1)
-            ww = w + (j - 1)
-            ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            v = tl.load(src + (hh * W + ww), mask=ok, other=0.0).to(tl.float32)
+            w_loc = tl.load(w_loc_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None, None]
+            w_sur = tl.load(w_sur_ptr + cs * 9 + (i * 3 + j), mask=c_ok, other=0.0)[:, None, None]
+            hh = rows + (i - 1)
+            ww = cols + (j - 1)
+            ok = c3 & ((hh >= 0) & (hh < H))[None, :, None] & ((ww >= 0) & (ww < W))[None, None, :]
+            v = tl.load(src + (hh * W)[None, :, None] + ww[None, None, :], mask=ok, other=0.0)
+            v = v.to(tl.float32)
             loc += v * w_loc
             if i * 3 + j == 4:
                 sur += v * w_sur  # the shared centre tap
             else:
-                hh = h + (i - 1) * DIL
-                ww = w + (j - 1) * DIL
-                ok = inside & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                v = tl.load(src + (hh * W + ww), mask=ok, other=0.0).to(tl.float32)
-                sur += v * w_sur
-    loc += tl.load(b_loc_ptr + cs, mask=c_ok, other=0.0)[:, None]
-    sur += tl.load(b_sur_ptr + cs, mask=c_ok, other=0.0)[:, None]
+                hh = rows + (i - 1) * DIL
+                ww = cols + (j - 1) * DIL
+                ok = (
+                    c3
+                    & ((hh >= 0) & (hh < H))[None, :, None]
+                    & ((ww >= 0) & (ww < W))[None, None, :]
+                )
+                v = tl.load(src + (hh * W)[None, :, None] + ww[None, None, :], mask=ok, other=0.0)
+                sur += v.to(tl.float32) * w_sur
+    loc += tl.load(b_loc_ptr + cs, mask=c_ok, other=0.0)[:, None, None]
+    sur += tl.load(b_sur_ptr + cs, mask=c_ok, other=0.0)[:, None, None]
     if HAS_SLOPE:
-        loc = tl.where(loc >= 0, loc, loc * tl.load(slope_ptr + cs, mask=c_ok, other=0.0)[:, None])
-        sur = tl.where(
-            sur >= 0, sur, sur * tl.load(slope_ptr + C + cs, mask=c_ok, other=0.0)[:, None]
-        )
+        slope_loc = tl.load(slope_ptr + cs, mask=c_ok, other=0.0)[:, None, None]
+        slope_sur = tl.load(slope_ptr + C + cs, mask=c_ok, other=0.0)[:, None, None]
+        loc = tl.where(loc >= 0, loc, loc * slope_loc)
+        sur = tl.where(sur >= 0, sur, sur * slope_sur)
     else:
         loc = tl.maximum(loc, 0.0)
         sur = tl.maximum(sur, 0.0)
-    dst = out_ptr + (b * 2 * C + cs).to(tl.int64)[:, None] * HW + offs[None, :]
+    pixel = (rows * W)[None, :, None] + cols[None, None, :]
+    dst = out_ptr + (plane + b.to(tl.int64) * C * (H * W)) + pixel
     tl.store(dst, loc.to(out_ptr.dtype.element_ty), mask=inside)
-    tl.store(dst + C * HW, sur.to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(dst + C * (H * W), sur.to(out_ptr.dtype.element_ty), mask=inside)
     if WITH_SUMS:
         row = sums_ptr + b * 2 * C + cs
-        tl.atomic_add(row, tl.sum(tl.where(inside, loc, 0.0), axis=1), mask=c_ok)
-        tl.atomic_add(row + C, tl.sum(tl.where(inside, sur, 0.0), axis=1), mask=c_ok)
+        loc_sums = tl.sum(tl.sum(tl.where(inside, loc, 0.0), axis=2), axis=1)
+        sur_sums = tl.sum(tl.sum(tl.where(inside, sur, 0.0), axis=2), axis=1)
+        tl.atomic_add(row, loc_sums, mask=c_ok)
+        tl.atomic_add(row + C, sur_sums, mask=c_ok)
 
 
 def cg_joint(
@@ -244,7 +255,10 @@ def cg_joint(
     if out.numel() == 0:
         return out, sums
     block_c, block_hw = _tiles(c, h * w, block)
-    grid = (triton.cdiv(h * w, block_hw), n, triton.cdiv(c, block_c))
+    block_w = min(triton.next_power_of_2(w), 128, block_hw)
+    block_h = min(triton.next_power_of_2(h), max(1, block_hw // block_w))
+    tiles_w = triton.cdiv(w, block_w)
+    grid = (triton.cdiv(h, block_h) * tiles_w, n, triton.cdiv(c, block_c))
     _cg_joint_kernel[grid](
         y,
         *weights,
@@ -255,8 +269,10 @@ def cg_joint(
         h,
         w,
         int(dilation),
+        tiles_w,
         BLOCK_C=block_c,
-        BLOCK_HW=block_hw,
+        BLOCK_H=block_h,
+        BLOCK_W=block_w,
         HAS_SLOPE=slope is not None,
         WITH_SUMS=with_sums,
     )
