@@ -415,6 +415,19 @@ def test_kernel_params_follow_their_sources(kernels: ModuleType) -> None:
     torch.testing.assert_close(rounded.float(), expected, rtol=0.05, atol=0.05)
 
 
+def test_kernels_run_on_a_network_built_in_inference_mode(kernels: ModuleType) -> None:
+    """The tuner and the predictor build their forms inside ``torch.inference_mode()``, whose
+    tensors keep no version counter: the fused path must not need one."""
+    model = randomize_statistics(CGNet(5, M=2, N=3))
+    x = torch.randn(1, 3, 32, 48, device=DEVICE)
+    with torch.inference_mode():
+        net = fold_network(model).to(DEVICE)
+        expected = net(x)
+        got = net.use_kernels(convs=True)(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
 class _CountOps(TorchDispatchMode):
     """Counts the aten ops dispatched inside it, by name."""
 

@@ -79,7 +79,10 @@ class KernelParams:
 
     def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
         key = tuple(
-            None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, t.shape)
+            None
+            if t is None
+            # inference tensors keep no version counter (and cannot change outside inference mode)
+            else (t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype, t.device, t.shape)
             for t in tensors
         )
         cached = self._kernel_params
