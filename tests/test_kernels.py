@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import cgnet.inference
 from cgnet.inference import fold_network, optimize
+from cgnet.inference.autotune import AutoTuned, Candidate, candidates
 from cgnet.inference.fast import FastCGBlock, FastFGlo, Join
 from cgnet.models import CGNet
 from cgnet.models.blocks import CGBlock, FGlo
@@ -424,6 +425,26 @@ def test_kernels_run_on_a_network_built_in_inference_mode(kernels: ModuleType) -
         net = fold_network(model).to(DEVICE)
         expected = net(x)
         got = net.use_kernels(convs=True)(x)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_the_tuner_checks_and_times_the_triton_forms(kernels: ModuleType) -> None:
+    """The tuner as the benchmark and the predictor run it (inside inference mode), over every form
+    that needs no CUDA graph, the Triton ones included: none is rejected, all are timed, and the
+    winner's logits are eager's."""
+    model = randomize_statistics(CGNet(5, M=2, N=3))
+    auto = AutoTuned(model, DEVICE, kernels=True, warmup=0, repeats=1)
+    auto.forms = [form for form in candidates("fp32", kernels=True) if not form.cuda_graphs]
+    auto.forms.append(Candidate(True, "fp32", False, False, kernels=True, conv_kernels=True))
+    x = torch.randn(1, 3, 32, 48, device=DEVICE)
+    with torch.inference_mode():
+        got = auto(x)
+        expected = model.to(DEVICE).eval()(x)
+    key = tuple(x.shape)
+    assert auto.rejected[key] == {}
+    assert all(ms > 0 for ms in auto.timings[key].values()), auto.timings[key]
+    assert "folded fp32 NCHW triton convs" in auto.timings[key]
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
 
