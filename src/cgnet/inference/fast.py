@@ -78,11 +78,18 @@ class KernelParams:
     _kernel_params: tuple[tuple[object, ...], tuple[Tensor | None, ...]] | None = None
 
     def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+        # Cheap to check on every call (a host cost at batch 1): which tensors (a view, such as an
+        # expanded slope, by the tensor it views) and their in-place versions; moves and casts
+        # drop the copies in _apply. Inference tensors keep no version counter, and cannot change
+        # outside inference mode.
         key = tuple(
             None
             if t is None
-            # inference tensors keep no version counter (and cannot change outside inference mode)
-            else (t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype, t.device, t.shape)
+            else (
+                id(t if t._base is None else t._base),
+                t.shape,
+                0 if t.is_inference() else t._version,
+            )
             for t in tensors
         )
         cached = self._kernel_params
@@ -90,6 +97,10 @@ class KernelParams:
             copies = tuple(None if t is None else t.detach().float().contiguous() for t in tensors)
             cached = self._kernel_params = (key, copies)
         return cached[1]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._kernel_params = None
+        return super()._apply(fn, recurse)  # type: ignore[misc]
 
 
 class FoldedConv(KernelParams, nn.Module):
