@@ -741,31 +741,36 @@ def _conv_act_kernel(
     ACT: tl.constexpr,
     DOT: tl.constexpr,
 ):
-    # An implicit GEMM: output pixels x input taps (CIN * KH * KW, in the weight's own order) times
-    # taps x output channels. Each program gathers its pixels' taps chunk by chunk, multiplies on
-    # the tensor cores with a float32 accumulator and writes bias + activation once.
+    # An implicit GEMM: output pixels x (tap, input channel) times (tap, input channel) x output
+    # channels. Taps are the outer, unrolled loop: a tap's rows, columns and border test are worked
+    # out once per pixel, and its input channels then come in chunks at one offset per pixel. Each
+    # chunk is multiplied on the tensor cores into a float32 accumulator; bias and activation are
+    # applied once, before the only write.
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
     cos = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    K = CIN * KH * KW
     p_ok = ps < OH * OW
     co_ok = cos < COUT
     top = (ps // OW) * STRIDE - PAD
     left = (ps % OW) * STRIDE - PAD
     src = x_ptr + b.to(tl.int64) * CIN * H * W
+    w_rows = w_ptr + cos[None, :] * (CIN * KH * KW)
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        tap = ks % (KH * KW)
-        ih = top[:, None] + ((tap // KW) * DIL)[None, :]
-        iw = left[:, None] + ((tap % KW) * DIL)[None, :]
-        ok = p_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(src + ((ks // (KH * KW))[None, :] * H + ih) * W + iw, mask=ok, other=0.0)
-        w_ok = k_ok[:, None] & co_ok[None, :]
-        w = tl.load(w_ptr + cos[None, :] * K + ks[:, None], mask=w_ok, other=0.0)
-        acc = _mma(acc, a, w, DOT)
+    for i in tl.static_range(KH):
+        for j in tl.static_range(KW):
+            ih = top + i * DIL
+            iw = left + j * DIL
+            ok_p = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pixel = ih * W + iw
+            for c0 in range(0, CIN, BLOCK_K):
+                cs = c0 + tl.arange(0, BLOCK_K)
+                c_ok = cs < CIN
+                a_ok = ok_p[:, None] & c_ok[None, :]
+                a = tl.load(src + cs[None, :] * (H * W) + pixel[:, None], mask=a_ok, other=0.0)
+                taps = (cs * (KH * KW) + (i * KW + j))[:, None]
+                w = tl.load(w_rows + taps, mask=c_ok[:, None] & co_ok[None, :], other=0.0)
+                acc = _mma(acc, a, w, DOT)
     acc = _bias_act(acc, b_ptr, slope_ptr, cos, co_ok, ACT)
     dst = out_ptr + (b * COUT + cos).to(tl.int64)[None, :] * (OH * OW) + ps[:, None]
     tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
@@ -830,7 +835,7 @@ def conv_act(
     if out.numel() == 0:
         return out
     block_co = max(16, min(64, triton.next_power_of_2(cout)))
-    block_k = 16 if cin * kh * kw <= 16 else 32
+    block_k = 16 if cin <= 16 else 32
     if INTERPRETED:  # few, large programs: the interpreter pays per program, not per element
         block_co = max(16, triton.next_power_of_2(cout))
         block = (1 << 14) // block_co
