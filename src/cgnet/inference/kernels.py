@@ -28,9 +28,9 @@ batch 1 the extra host time of Triton launches ate the gain. :func:`join`, :func
 
 Tensors are NCHW; float32, float16 and bfloat16 are accepted, and every sum is taken in float32.
 Weights, biases and slopes are read as float32, except the matrices that :func:`conv_act` and
-:func:`block_seam` multiply on the tensor cores, which take the input's dtype. Kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter,
-which must be switched on (``TRITON_INTERPRET=1``) before this module is imported: ``triton.jit``
-decides at decoration time.
+:func:`block_seam` multiply on the tensor cores, which take the input's dtype. Kernels run on CUDA
+tensors, or on CPU tensors under Triton's interpreter, which must be switched on
+(``TRITON_INTERPRET=1``) before this module is imported: ``triton.jit`` decides at decoration time.
 
 This module imports triton at import time; :mod:`cgnet.inference.fast` imports it only when the fused
 path is asked for, so the rest of the package runs without triton.
