@@ -305,7 +305,7 @@ def test_conv_act_rejects_mismatched_weights(kernels: ModuleType) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
-    "shape", [(2, 64, 9, 13, 32), (1, 128, 5, 7, 64), (2, 20, 1, 1, 10)], ids=str
+    "shape", [(2, 64, 9, 13, 32), (1, 128, 5, 7, 64), (2, 20, 1, 1, 10), (1, 96, 4, 6, 80)], ids=str
 )
 def test_block_seam_matches_gate_residual_then_conv_in(
     kernels: ModuleType, shape: tuple[int, ...], dtype: torch.dtype

@@ -462,7 +462,8 @@ def _block_seam_kernel(
     # i + 1's joint kernel accumulates into.
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
-    if pid_p == 0:
+    pid_co = tl.program_id(2)  # output channels beyond one tile: the first tile writes out
+    if (pid_p == 0) & (pid_co == 0):
         zs = tl.arange(0, BLOCK_ZERO)
         tl.store(zero_ptr + b * ZERO_N + zs, tl.zeros([BLOCK_ZERO], tl.float32), mask=zs < ZERO_N)
     # f_glo's hidden layer from all C means of this image (a few hundred multiply-adds)
@@ -479,7 +480,7 @@ def _block_seam_kernel(
     hidden = tl.maximum(hidden, 0.0)
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = ps < HW
-    cos = tl.arange(0, BLOCK_CO)
+    cos = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = cos < CO
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -495,7 +496,8 @@ def _block_seam_kernel(
         v = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32) * gate[None, :]
         v += tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         v = v.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + offs, v, mask=ok)
+        first_tile = (tl.zeros([BLOCK_C], tl.int32) + pid_co) == 0
+        tl.store(out_ptr + offs, v, mask=ok & first_tile[None, :])
         w_ok = c_ok[:, None] & co_ok[None, :]
         w = tl.load(w_ptr + cos[None, :] * C + cs[:, None], mask=w_ok, other=0.0)
         acc = _mma(acc, v, w, DOT)
@@ -567,7 +569,8 @@ def block_seam(
         block_c = max(16, triton.next_power_of_2(c))
         block_p = (1 << 14) // block_c
     block_p = max(16, min(block_p, triton.next_power_of_2(h * w)))
-    _block_seam_kernel[(triton.cdiv(h * w, block_p), n)](
+    block_co = max(16, min(64, triton.next_power_of_2(co)))
+    _block_seam_kernel[(triton.cdiv(h * w, block_p), n, triton.cdiv(co, block_co))](
         y,
         x,
         sums.float().contiguous(),
@@ -589,7 +592,7 @@ def block_seam(
         next_sums.shape[1],
         BLOCK_P=block_p,
         BLOCK_C=block_c,
-        BLOCK_CO=max(16, triton.next_power_of_2(co)),
+        BLOCK_CO=block_co,
         BLOCK_HID=max(2, triton.next_power_of_2(hid)),
         BLOCK_ALL=triton.next_power_of_2(c),
         BLOCK_ZERO=triton.next_power_of_2(max(1, next_sums.shape[1])),
