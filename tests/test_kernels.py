@@ -461,6 +461,58 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# aten ops that launch device work (views, metadata and the interpreter's own copies do not)
+_DEVICE_OPS = {
+    "convolution", "_prelu_kernel", "zeros", "mean", "avg_pool2d", "upsample_bilinear2d",
+    "_to_copy", "cat", "add", "mul", "addcmul", "sigmoid", "relu", "linear", "addmm", "prelu",
+}  # fmt: skip
+
+
+class _CountedKernel:
+    """A Triton kernel that counts its launches."""
+
+    def __init__(self, kernel: object, name: str, counts: Counter[str]) -> None:
+        self.kernel, self.name, self.counts = kernel, name, counts
+
+    def __getitem__(self, grid: object):  # type: ignore[no-untyped-def]
+        launch = self.kernel[grid]  # type: ignore[index]
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.counts[self.name] += 1
+            return launch(*args, **kwargs)
+
+        return counted
+
+
+def _launches(monkeypatch: pytest.MonkeyPatch, kernels: ModuleType, net: nn.Module) -> Counter[str]:
+    """Device launches of one forward: each Triton kernel's, and each aten op that runs device work."""
+    counts: Counter[str] = Counter()
+    for name in dir(kernels):
+        if name.startswith("_") and name.endswith("_kernel"):
+            monkeypatch.setattr(kernels, name, _CountedKernel(getattr(kernels, name), name, counts))
+    x = torch.randn(1, 3, 64, 96, device=DEVICE)
+    with torch.no_grad(), _CountOps() as ops:
+        net(x)
+    counts.update({op: n for op, n in ops.counts.items() if op in _DEVICE_OPS})
+    monkeypatch.undo()
+    return counts
+
+
+def test_chained_stages_launch_less_than_half_as_often(
+    kernels: ModuleType, network: CGNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Launches per forward of the default network (M=3, N=21), the figures docs/benchmarks.md
+    quotes: each one is a node of the CUDA graph, with its own start-up gap on the GPU."""
+    net = fold_network(network).to(DEVICE)
+    blocks = _launches(monkeypatch, kernels, net.use_kernels())
+    chained = _launches(monkeypatch, kernels, net.use_kernels(convs=True))
+    assert sum(blocks.values()) == 163, blocks
+    assert sum(chained.values()) == 76, chained
+    # stage 3's 20 CG blocks: 6 launches each, against 2 each plus the stage's ends
+    assert blocks["_prelu_kernel"] == 27 and blocks["zeros"] == 22
+    assert chained["_block_seam_kernel"] == 19 + 1 and chained["zeros"] == 2
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_kernels_convert_no_weights(
     kernels: ModuleType, network: CGNet, dtype: torch.dtype
