@@ -67,7 +67,9 @@ def train_check_rows(data: Any) -> list[str]:
         gap = r.get("max_rel_gap_20step_mean_vs_eager")
         extra = []
         if gap is not None:
-            extra.append(f"loss gap vs eager {100 * gap:.1f}%")
+            tolerance = r.get("loss_tolerance", 0.05)
+            verdict = "within" if gap <= tolerance else "OVER"
+            extra.append(f"loss gap vs eager {100 * gap:.1f}% ({verdict} {100 * tolerance:g}%)")
         if "syncs_in_probed_steps" in r:
             extra.append(f"{r['syncs_in_probed_steps']} syncs in {r['sync_probe_steps']} steps")
         extra.append(f"stride warnings {r['grad_stride_warnings']}")
