@@ -78,19 +78,11 @@ class KernelParams:
     _kernel_params: tuple[tuple[object, ...], tuple[Tensor | None, ...]] | None = None
 
     def kernel_params(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
-        # Cheap to check on every call (a host cost at batch 1): which tensors (a view, such as an
-        # expanded slope, by the tensor it views) and their in-place versions; moves and casts
-        # drop the copies in _apply. Inference tensors keep no version counter, and cannot change
-        # outside inference mode.
+        # Cheap to check on every call (a host cost at batch 1): which tensors and their in-place
+        # versions; moves and casts drop the copies in _apply. Inference tensors keep no version
+        # counter, and cannot change outside inference mode.
         key = tuple(
-            None
-            if t is None
-            else (
-                id(t if t._base is None else t._base),
-                t.shape,
-                0 if t.is_inference() else t._version,
-            )
-            for t in tensors
+            None if t is None else (id(t), 0 if t.is_inference() else t._version) for t in tensors
         )
         cached = self._kernel_params
         if cached is None or cached[0] != key:
@@ -161,9 +153,8 @@ class FoldedConv(KernelParams, nn.Module):
         )
 
     def epilogue_params(self) -> tuple[Tensor, Tensor | None]:
-        """Bias and PReLU slopes (one per output channel) as the Triton kernels read them."""
-        slope = None if self.slope is None else self.slope.expand(self.weight.shape[0])
-        bias, slope = self.kernel_params(self.bias, slope)
+        """Bias and PReLU slopes as the Triton kernels read them."""
+        bias, slope = self.kernel_params(self.bias, self.slope)
         assert bias is not None
         return bias, slope
 
@@ -219,11 +210,8 @@ class Join(KernelParams, nn.Module):
 
     def forward(self, parts: list[Tensor]) -> Tensor:
         if self.kernels is not None:
-            total = self.scale.numel()
-            slope = None if self.slope is None else self.slope.expand(total)
-            return _kernels(self.kernels).join(
-                parts, *self.kernel_params(self.scale, self.shift, slope)
-            )
+            params = self.kernel_params(self.scale, self.shift, self.slope)
+            return _kernels(self.kernels).join(parts, *params)
         x = torch.cat(parts, 1)
         return _activate(torch.addcmul(self.shift, x, self.scale), self.slope)
 
@@ -317,16 +305,15 @@ class FastCGBlock(KernelParams, nn.Module):
 
     def joint_params(self) -> tuple[Tensor | None, ...]:
         """What the fused kernels read, as float32 copies made once: f_loc's and f_sur's weights
-        and biases, f_joi's slopes (2C, or None for ReLU), then f_glo's fc1/fc2 weights and biases
-        if it has f_glo."""
+        and biases, f_joi's slopes (None for ReLU), then f_glo's fc1/fc2 weights and biases if it
+        has f_glo."""
         fglo, f_loc, f_sur = self.f_glo, self.f_loc, self.f_sur
-        slope = None if self.slope is None else self.slope.expand(2 * f_loc.weight.shape[0])
         return self.kernel_params(
             f_loc.weight,
             f_loc.bias,
             f_sur.weight,
             f_sur.bias,
-            slope,
+            self.slope,
             *((fglo.w1, fglo.b1, fglo.w2, fglo.b2) if fglo is not None else ()),
         )
 
@@ -647,7 +634,7 @@ class _Runner(nn.Module):
         if self.bf16:
             # no cast cache: it would hold tensors from outside a CUDA graph capture
             with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-                return self.net(x).float()
+                return self.net(x)  # float32 logits: FastCGNet converts them before upsampling
         return self.net(x)
 
 

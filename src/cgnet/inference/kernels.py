@@ -104,6 +104,20 @@ def _param(t: Tensor, device: torch.device) -> Tensor:
     return t.detach().to(device, torch.float32).contiguous()
 
 
+def _slopes(slope: Tensor | None, channels: int, device: torch.device) -> Tensor | None:
+    """PReLU slopes as the kernels read them: ``channels`` float32 values (one shared slope
+    repeated); None for ReLU."""
+    if slope is None:
+        return None
+    slope = slope.reshape(-1)
+    return _param(slope if slope.numel() == channels else slope.expand(channels), device)
+
+
+def _operand(t: Tensor, like: Tensor) -> Tensor:
+    """A matrix the tensor cores multiply with ``like``: on its device, in its dtype, contiguous."""
+    return t.detach().to(like.device, like.dtype).contiguous()
+
+
 def _output(
     name: str, out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
@@ -243,8 +257,7 @@ def cg_joint(
         if t.numel() != 9 * c:
             raise ValueError(f"cg_joint: {name} must hold {c} 3x3 kernels, got {tuple(t.shape)}")
     weights = [_param(t, y.device) for t in (w_loc, b_loc, w_sur, b_sur)]
-    if slope is not None:
-        slope = _param(slope if slope.numel() == 2 * c else slope.expand(2 * c), y.device)
+    slope = _slopes(slope, 2 * c, y.device)
     out = _output("cg_joint", out, (n, 2 * c, h, w), y.dtype, y.device)
     if not with_sums:
         sums = None
@@ -552,10 +565,7 @@ def block_seam(
             f"block_seam: conv_in must be a 1x1 over {c} channels, got {tuple(weight.shape)}"
         )
     co = weight.shape[0]
-    weight = weight.detach().to(y.device, y.dtype).contiguous()
-    bias = _param(bias, y.device)
-    if slope is not None:
-        slope = _param(slope if slope.numel() == co else slope.expand(co), y.device)
+    weight, bias, slope = _operand(weight, y), _param(bias, y.device), _slopes(slope, co, y.device)
     if next_sums.dtype != torch.float32 or not next_sums.is_contiguous() or next_sums.shape[0] != n:
         raise ValueError("block_seam: next_sums must be a contiguous float32 [B, N] buffer")
     out = torch.empty_like(y)
@@ -660,8 +670,7 @@ def join(
     scale, shift = (_param(t.reshape(-1), device) for t in (scale, shift))
     if scale.numel() != total or shift.numel() != total:
         raise ValueError(f"join: scale and shift must have {total} channels")
-    if slope is not None:
-        slope = _param(slope.reshape(-1) if slope.numel() == total else slope.expand(total), device)
+    slope = _slopes(slope, total, device)
     dtype = parts[0].dtype
     for p in parts[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
@@ -826,12 +835,10 @@ def conv_act(
             f"{tuple(weight.shape)}"
         )
     cout, _, kh, kw = weight.shape
-    weight = weight.detach().to(x.device, x.dtype).contiguous()
-    bias = _param(bias, x.device)
+    weight, bias = _operand(weight, x), _param(bias, x.device)
     if bias.numel() != cout:
         raise ValueError(f"conv_act: bias must have {cout} channels, got {bias.numel()}")
-    if activation and slope is not None:
-        slope = _param(slope if slope.numel() == cout else slope.expand(cout), x.device)
+    slope = _slopes(slope, cout, x.device) if activation else None
     oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
     ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
     out = torch.empty((n, cout, max(oh, 0), max(ow, 0)), dtype=x.dtype, device=x.device)
@@ -848,7 +855,7 @@ def conv_act(
         x,
         weight,
         bias,
-        slope if activation and slope is not None else bias,  # unread without slopes
+        slope if slope is not None else bias,  # unread without slopes
         out,
         cin,
         h,
