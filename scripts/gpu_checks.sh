@@ -60,11 +60,11 @@ step inference 115 "${BENCH[@]}" batch=1 repeats=30 warmup=5 train_throughput.en
     'variants=[eager,fast,cuda_graphs,fused,fused_convs,auto,auto_fp16,auto_bf16]' profile=true \
     output="$OUT/inference.json"
 # The paper's Cityscapes batch and crop: plain fp32 eager against the project's bf16-mixed step,
-# without and with the fused f_loc + f_sur op.
-step training 75 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
-    'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
-    'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
-    train_throughput.warmup=5 train_throughput.fused_context=true profile=true \
+# without and with the fused f_loc + f_sur op (the `compiled` step: all of it under torch.compile).
+TRAIN_STEP=(python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 'sizes=[[64,128]]'
+    'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 'train_throughput.crop=[680,680]'
+    train_throughput.bf16=true train_throughput.steps=15 train_throughput.fused_context=true)
+step training 75 "${TRAIN_STEP[@]}" train_throughput.warmup=5 profile=true \
     output="$OUT/training.json"
 step train 110 python3 scripts/gpu_train_checks.py "$OUT/train_checks.json"
 step data 40 python3 -m cgnet.data.benchmark --prepared --augment-on device --crop 680 680 \
@@ -76,10 +76,7 @@ step batched 60 "${BENCH[@]}" batch=8 repeats=10 warmup=3 train_throughput.enabl
 step kernels 80 python3 -m pytest tests/test_kernels.py tests/models/test_context_kernels.py -q \
     -p no:cacheprovider -n 0 --maxfail=10
 
-step compiled 150 python3 -m cgnet.benchmark device=cuda isolate=false num_classes=19 \
-    'sizes=[[64,128]]' 'variants=[eager]' repeats=1 warmup=0 train_throughput.batch=16 \
-    'train_throughput.crop=[680,680]' train_throughput.bf16=true train_throughput.steps=15 \
-    train_throughput.warmup=3 train_throughput.fused_context=true train_throughput.compile=true \
+step compiled 150 "${TRAIN_STEP[@]}" train_throughput.warmup=3 train_throughput.compile=true \
     output="$OUT/training_compiled.json"
 
 python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.md"
